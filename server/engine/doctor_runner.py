@@ -1,0 +1,56 @@
+"""The doctor runner: a doctor base model plus any number of LoRA doctors (DESIGN.md, "Engines").
+
+Each (request, doctor) pair is one row of a `RowBatch`, so doctor forwards are batched across
+requests and every request keeps its own doctor KV cache. When the doctors are LoRAs on the
+patient's own base, the engine passes the patient's RowBatch here (`shared`): doctor rows then ride
+in the patient's forward and cost extra rows, not an extra pass over the weights. The vLLM engine
+uses the same runner with its own RowBatch, stepping it in time with the tokens vLLM sampled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from llmdoctor.server.engine.decode_rule import logprobs_from_logits
+from llmdoctor.server.engine.lora_host import LoraHost
+from llmdoctor.server.engine.row_batch import RowBatch, StepLogits, StepPlan
+
+
+class DoctorRunner:
+    def __init__(self, rows: RowBatch, shared: bool):
+        self.rows = rows
+        self.shared = shared  # True: rows are the patient's RowBatch
+
+    @property
+    def host(self) -> LoraHost:
+        return self.rows.host
+
+    @staticmethod
+    def key(request_id: str, doctor: str) -> tuple[str, str, str]:
+        return ("doctor", request_id, doctor)
+
+    def join(self, plan: StepPlan, request_id: str, prompt: tuple[int, ...], doctors: Iterable[str]) -> None:
+        """Plan prefill rows for a request's doctors (each doctor's adapter on its own row)."""
+        for name in doctors:
+            plan.join[self.key(request_id, name)] = (prompt, name)
+
+    def feed(self, plan: StepPlan, request_id: str, token: int, doctors: Iterable[str]) -> None:
+        """Plan the request's last sampled token into each of its doctor rows."""
+        for name in doctors:
+            plan.feed[self.key(request_id, name)] = token
+
+    def step(self, plan: StepPlan) -> StepLogits | None:
+        """Run a plan on the doctor rows (separate-base mode); None when there is nothing to run."""
+        if not plan.join and not plan.feed:
+            return None
+        return self.rows.step(plan)
+
+    def logprobs(self, result: StepLogits, request_id: str, doctors: Iterable[str]) -> torch.Tensor:
+        """The request's doctors' next-token log-probs, (D, V), in `doctors` order."""
+        rows = [result.index[self.key(request_id, name)] for name in doctors]
+        return logprobs_from_logits(result.logits[rows])
+
+    def leave(self, request_id: str, doctors: Iterable[str]) -> None:
+        self.rows.remove([self.key(request_id, name) for name in doctors])

@@ -1,0 +1,148 @@
+"""The engine interface: plain, picklable messages in and out, token ids only.
+
+The same objects cross a thread today and a Ray actor boundary later, so they are frozen
+dataclasses of ints, floats, strings and tuples; nothing from FastAPI, HTTP or tokenizers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from llmdoctor.server.errors import InvalidRequestError
+
+FinishReason = Literal["stop", "length", "abort"]
+AdapterKind = Literal["patient", "doctor"]
+
+
+@dataclass(frozen=True)
+class DoctorWeight:
+    name: str
+    beta: float
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Per-request weights of DESIGN.md's rule: alpha * log p_patient + sum_i beta_i * log p_doctor_i."""
+
+    alpha: float = 1.0
+    doctors: tuple[DoctorWeight, ...] = ()
+
+    def __post_init__(self):
+        if not math.isfinite(self.alpha):
+            raise InvalidRequestError(f"guidance.alpha must be a finite number, got {self.alpha}", "guidance.alpha")
+        names = [d.name for d in self.doctors]
+        for i, d in enumerate(self.doctors):
+            if not math.isfinite(d.beta):
+                raise InvalidRequestError(
+                    f"guidance.doctors[{i}].beta must be a finite number, got {d.beta}", f"guidance.doctors[{i}].beta"
+                )
+        if len(set(names)) != len(names):
+            raise InvalidRequestError(f"guidance.doctors names a doctor twice: {names}", "guidance.doctors")
+
+    @property
+    def active(self) -> tuple[DoctorWeight, ...]:
+        """Doctors that change the output (beta 0 = off, costs nothing)."""
+        return tuple(d for d in self.doctors if d.beta != 0.0)
+
+    @property
+    def is_plain(self) -> bool:
+        """True when the rule reduces to the patient's own distribution."""
+        return self.alpha == 1.0 and not self.active
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What the engine needs to pick tokens. Stop *strings* are the service layer's job."""
+
+    max_tokens: int
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1 = off
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()  # in addition to the model's eos unless ignore_eos
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None = none; 0 = sampled token only; k = also the top k
+
+    def __post_init__(self):
+        if self.max_tokens < 1:
+            raise InvalidRequestError(f"max_tokens must be at least 1, got {self.max_tokens}", "max_tokens")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise InvalidRequestError(f"temperature must be >= 0, got {self.temperature}", "temperature")
+        if not (0 < self.top_p <= 1):
+            raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}", "top_p")
+        if self.top_k < -1:
+            raise InvalidRequestError(f"top_k must be -1, 0 (off) or positive, got {self.top_k}", "top_k")
+        if self.logprobs is not None and not (0 <= self.logprobs <= 20):
+            raise InvalidRequestError(f"logprobs must be between 0 and 20, got {self.logprobs}", "logprobs")
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    sampling: SamplingParams
+    guidance: Guidance = Guidance()
+    adapter: str | None = None  # a loaded patient adapter, or None for the bare patient
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """Log-prob of the sampled token under the rule's re-normalised distribution, plus the top k."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """New tokens for one request. The last event of a request has `finish_reason` set."""
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # cumulative
+    error: str | None = None  # set when the engine failed this request (finish_reason "abort")
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    name: str
+    kind: AdapterKind
+    path: str
+    base_model: str
+    rank: int
+    meta: dict = field(default_factory=dict)  # llmdoctor.json contents, if any
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    running: int
+    waiting: int
+    max_batch: int
+    max_queue: int
+    steps: int
+    generated_tokens: int
+
+
+class Engine(Protocol):
+    """What every engine offers. `generate` may raise QueueFullError / InvalidRequestError / NotFoundError
+    before yielding anything; afterwards errors arrive as a final event with `error` set."""
+
+    model_name: str
+    max_model_len: int
+    eos_token_ids: tuple[int, ...]
+
+    async def start(self) -> None: ...
+    async def shutdown(self, grace_seconds: float = 10.0) -> None: ...
+    def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]: ...
+    async def abort(self, request_id: str) -> None: ...
+    async def load_adapter(self, name: str, path: str, kind: AdapterKind) -> AdapterInfo: ...
+    async def unload_adapter(self, name: str) -> None: ...
+    def adapters(self) -> list[AdapterInfo]: ...
+    def stats(self) -> EngineStats: ...

@@ -1,0 +1,55 @@
+"""Pure sampling functions: temperature, top-k, top-p and a seeded draw, on one row of log-probs.
+
+Each takes the rule's log-probs (already re-normalised) and an explicit torch.Generator, so a
+request with a seed draws the same tokens whatever else shares its batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def apply_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Keep the k largest entries of a (V,) row, -inf elsewhere. k <= 0 or >= V: unchanged."""
+    if top_k <= 0 or top_k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, top_k).values[-1]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filter on a (V,) row: keep the smallest set of tokens whose probability reaches top_p.
+
+    The most likely token always stays (as in vLLM and HF), so top_p near 0 degrades to greedy.
+    """
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True)
+    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+    # drop a token when the mass before it already reaches top_p
+    drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next_token(
+    logprobs: torch.Tensor,  # (V,) the rule's re-normalised log-probs
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator | None,
+) -> int:
+    """Greedy when temperature is 0, else a seeded draw after temperature, top-k and top-p."""
+    if temperature == 0.0:
+        return int(torch.argmax(logprobs))
+    logits = apply_top_p(apply_top_k(logprobs / temperature, top_k), top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def top_logprobs(logprobs: torch.Tensor, k: int) -> tuple[tuple[int, float], ...]:
+    """The k most likely (token id, log-prob) pairs of a (V,) row, best first."""
+    if k <= 0:
+        return ()
+    values, ids = torch.topk(logprobs, k)
+    return tuple(zip(ids.tolist(), values.tolist()))

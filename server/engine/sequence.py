@@ -1,0 +1,56 @@
+"""Per-request decode state held by an engine, and how its events reach the asyncio side."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import torch
+
+from llmdoctor.server.engine.protocol import FinishReason, GenerateRequest, TokenEvent, TokenLogprob
+
+
+@dataclass(eq=False)  # identity semantics: held in deques and dicts
+class Sequence:
+    request: GenerateRequest
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue
+    generator: torch.Generator
+    stop_ids: frozenset[int]
+    doctors: tuple[str, ...]  # active doctors (beta != 0), in guidance order
+    betas: torch.Tensor  # (D,)
+    output: list[int] = field(default_factory=list)
+    admitted: bool = False
+    finished: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def pinned(self) -> list[str]:
+        """Adapter names this request holds in the AdapterTable."""
+        return ([self.request.adapter] if self.request.adapter else []) + list(self.doctors)
+
+    def emit(self, tokens: tuple[int, ...], logprobs: tuple[TokenLogprob, ...] | None = None,
+             finish: FinishReason | None = None, error: str | None = None) -> None:
+        """Hand an event to the request's asyncio queue from any thread."""
+        event = TokenEvent(
+            request_id=self.id,
+            token_ids=tokens,
+            logprobs=logprobs,
+            finish_reason=finish,
+            prompt_tokens=len(self.request.prompt_token_ids),
+            completion_tokens=len(self.output),
+            error=error,
+        )
+        self.finished = self.finished or finish is not None
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    def finish_reason(self, token: int) -> FinishReason | None:
+        """Whether the token just appended ends the request."""
+        if token in self.stop_ids:
+            return "stop"
+        if len(self.output) >= self.request.sampling.max_tokens:
+            return "length"
+        return None

@@ -1,0 +1,422 @@
+"""The pure-PyTorch engine: continuous batching over transformers models with a doctor runner.
+
+One thread runs the decode loop (never the asyncio thread: a forward would stall every other
+request's I/O). Requests and adapter commands reach it through an inbox; token events go back
+through each request's asyncio queue. Every step: admit waiting requests, run one forward per
+model (patient rows and, on a shared base, doctor rows together), apply the decode rule, sample,
+emit, and drop finished rows. New requests join between steps; finished ones leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import torch
+
+from llmdoctor.server.engine.adapter_table import AdapterTable
+from llmdoctor.server.engine.decode_rule import combine_logprobs, logprobs_from_logits
+from llmdoctor.server.engine.doctor_runner import DoctorRunner
+from llmdoctor.server.engine.lora_host import LoraHost
+from llmdoctor.server.engine.protocol import (
+    AdapterInfo,
+    AdapterKind,
+    EngineStats,
+    GenerateRequest,
+    TokenEvent,
+    TokenLogprob,
+)
+from llmdoctor.server.engine.row_batch import RowBatch, StepLogits, StepPlan
+from llmdoctor.server.engine.sampling import sample_next_token, top_logprobs
+from llmdoctor.server.engine.sequence import Sequence
+from llmdoctor.server.errors import (
+    ContextOverflowError,
+    EngineDeadError,
+    InvalidRequestError,
+    QueueFullError,
+)
+from llmdoctor.server.model_store import ResolvedModel
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_MODEL_LEN = 2048  # a CPU serves short contexts; --max-model-len raises it
+
+
+class TorchEngine:
+    """Implements `Engine` (protocol.py) with transformers + peft on CPU or one GPU."""
+
+    def __init__(
+        self,
+        model: ResolvedModel,
+        *,
+        max_batch: int = 32,
+        max_queue: int = 256,
+        max_model_len: int | None = None,
+        doctor_base: ResolvedModel | None = None,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.model_name = model.name
+        self.model_folder = model.folder
+        self._doctor_source = doctor_base if doctor_base and doctor_base.folder != model.folder else None
+        self.doctor_base_name = (self._doctor_source or model).name
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self._requested_max_len = max_model_len
+        self.device, self.dtype = torch.device(device), dtype
+        self.max_model_len = 0
+        self.eos_token_ids: tuple[int, ...] = ()
+        self.vocab_size = 0
+        self.table = AdapterTable(reserved_names=(model.name,))
+        self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._waiting: deque[Sequence] = deque()
+        self._running: dict[str, Sequence] = {}
+        self._all: dict[str, Sequence] = {}  # submitted and not finished, by request id
+        self._lock = threading.Lock()  # guards _all for the asyncio side's queue-depth checks
+        self._rng = random.Random()
+        self._accepting = False
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._steps = 0
+        self._generated = 0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load_models)
+        self._accepting = True
+        self._thread = threading.Thread(target=self._run, name="llmdoctor-engine", daemon=True)
+        self._thread.start()
+
+    def _load_models(self) -> None:
+        patient = self._load_model(self.model_folder)
+        config = patient.config
+        self.vocab_size = config.vocab_size
+        self.max_model_len = _max_model_len(config, self._requested_max_len)
+        self.eos_token_ids = _eos_ids(patient)
+        pad = self.eos_token_ids[0] if self.eos_token_ids else 0
+        self.patient_rows = RowBatch(LoraHost(patient), pad, self.dtype)
+        if self._doctor_source is None:
+            self.doctors = DoctorRunner(self.patient_rows, shared=True)
+        else:
+            doctor = self._load_model(self._doctor_source.folder)
+            _check_same_vocabulary(self.model_folder, self._doctor_source.folder)
+            self.doctors = DoctorRunner(RowBatch(LoraHost(doctor), pad, self.dtype), shared=False)
+
+    def _load_model(self, folder: Path):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=self.dtype).to(self.device).eval()
+        _check_full_attention(model.config, folder)
+        return model
+
+    @property
+    def healthy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopped.is_set()
+
+    async def shutdown(self, grace_seconds: float = 10.0) -> None:
+        """Stop admitting; let in-flight requests finish for up to `grace_seconds`, then end them."""
+        self._accepting = False
+        deadline = time.monotonic() + grace_seconds
+        while self._all and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self._post(self._abort_everything)
+        self._post(self._stopped.set)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10.0)
+
+    # ---------------------------------------------------------------- requests (asyncio side)
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
+        seq = self._submit(request)
+        try:
+            while True:
+                event = await seq.events.get()
+                yield event
+                if event.finish_reason is not None:
+                    return
+        finally:
+            if not seq.finished:  # the consumer went away: free the slot now
+                self._post(lambda: self._abort(seq.id, "client went away"))
+
+    async def abort(self, request_id: str) -> None:
+        self._post(lambda: self._abort(request_id, None))
+
+    def _submit(self, request: GenerateRequest) -> Sequence:
+        if not self._accepting:
+            raise EngineDeadError("the engine is not running (starting up or shutting down)")
+        self._validate(request)
+        with self._lock:
+            if request.request_id in self._all:
+                raise InvalidRequestError(f"request id '{request.request_id}' is already running", "request_id")
+            waiting = len(self._all) - len(self._running)
+            if waiting >= self.max_queue:
+                raise QueueFullError(f"the queue is full ({self.max_queue} waiting requests); retry later")
+            seq = self._new_sequence(request)
+            self.table.pin([(n, k, p) for n, k, p in _wanted_adapters(request)])
+            self._all[request.request_id] = seq
+        self._post(lambda: self._waiting.append(seq))
+        return seq
+
+    def _validate(self, request: GenerateRequest) -> None:
+        prompt = request.prompt_token_ids
+        if not prompt:
+            raise InvalidRequestError("the prompt must contain at least one token", "prompt")
+        if min(prompt) < 0 or max(prompt) >= self.vocab_size:
+            raise InvalidRequestError(f"prompt token ids must be in [0, {self.vocab_size})", "prompt")
+        total = len(prompt) + request.sampling.max_tokens
+        if total > self.max_model_len:
+            raise ContextOverflowError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{total} tokens ({len(prompt)} in the prompt, {request.sampling.max_tokens} in the completion). "
+                "Please reduce the prompt or max_tokens.",
+                "max_tokens",
+            )
+
+    def _new_sequence(self, request: GenerateRequest) -> Sequence:
+        active = request.guidance.active
+        seed = request.sampling.seed if request.sampling.seed is not None else self._rng.getrandbits(63)
+        stop = set(request.sampling.stop_token_ids)
+        if not request.sampling.ignore_eos:
+            stop |= set(self.eos_token_ids)
+        return Sequence(
+            request=request,
+            loop=asyncio.get_running_loop(),
+            events=asyncio.Queue(),
+            generator=torch.Generator().manual_seed(seed),
+            stop_ids=frozenset(stop),
+            doctors=tuple(d.name for d in active),
+            betas=torch.tensor([d.beta for d in active], dtype=torch.float32),
+        )
+
+    def stats(self) -> EngineStats:
+        running = len(self._running)
+        return EngineStats(
+            running=running,
+            waiting=len(self._all) - running,
+            max_batch=self.max_batch,
+            max_queue=self.max_queue,
+            steps=self._steps,
+            generated_tokens=self._generated,
+        )
+
+    # ---------------------------------------------------------------- adapters (asyncio side)
+
+    def adapters(self) -> list[AdapterInfo]:
+        return self.table.list()
+
+    async def load_adapter(self, name: str, path: str, kind: AdapterKind) -> AdapterInfo:
+        """Load a LoRA folder (already checked by server/adapter_folders.py) between decode steps."""
+        self.table.check_free(name)
+        info = AdapterInfo(name, kind, str(path), self.model_name if kind == "patient" else self.doctor_base_name,
+                           *_adapter_facts(Path(path)))
+        host = self.patient_rows.host if kind == "patient" else self.doctors.host
+        await self._call(lambda: host.load(name, path))
+        self.table.add(info)
+        return info
+
+    async def unload_adapter(self, name: str) -> None:
+        """Hide the adapter from new requests now; free it when in-flight users finish."""
+        info = next((a for a in self.table.list() if a.name == name), None)
+        if self.table.retire(name):
+            await self._call(lambda: self._free_adapter(info))
+
+    def _free_adapter(self, info: AdapterInfo) -> None:
+        host = self.patient_rows.host if info.kind == "patient" else self.doctors.host
+        host.unload(info.name)
+
+    # ---------------------------------------------------------------- the engine thread
+
+    def _post(self, command: Callable[[], None]) -> None:
+        self._inbox.put(command)
+
+    async def _call(self, fn: Callable[[], object]):
+        """Run `fn` on the engine thread between steps and await its result."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def command():
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting caller
+                future.set_exception(exc)
+
+        self._post(command)
+        return await asyncio.wrap_future(future)
+
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while not self._stopped.is_set():
+            self._drain_inbox(block=not self._waiting and not self._running)
+            self._admit()
+            if self._running:
+                try:
+                    self._step()
+                except Exception as exc:  # noqa: BLE001 - fail the batch, keep serving
+                    logger.exception("decode step failed; ending the running requests")
+                    self._fail_running(f"engine error: {exc}")
+
+    def _drain_inbox(self, block: bool) -> None:
+        try:
+            command = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            command()
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _admit(self) -> None:
+        while self._waiting and len(self._running) < self.max_batch:
+            seq = self._waiting.popleft()
+            self._running[seq.id] = seq
+
+    def _step(self) -> None:
+        # 1) plan: running rows get their last token, admitted rows join with their prompt
+        patient_plan = StepPlan()
+        doctor_plan = patient_plan if self.doctors.shared else StepPlan()
+        for seq in self._running.values():
+            if seq.admitted:
+                patient_plan.feed[seq.id] = seq.output[-1]
+                self.doctors.feed(doctor_plan, seq.id, seq.output[-1], seq.doctors)
+            else:
+                patient_plan.join[seq.id] = (seq.request.prompt_token_ids, seq.request.adapter)
+                self.doctors.join(doctor_plan, seq.id, seq.request.prompt_token_ids, seq.doctors)
+                seq.admitted = True
+        # 2) one forward per model: patient (+ doctor rows on a shared base), doctor base if separate
+        patient = self.patient_rows.step(patient_plan)
+        doctor = patient if self.doctors.shared else self.doctors.step(doctor_plan)
+        patient_logprobs = logprobs_from_logits(patient.logits)  # (N, V), every row of the patient batch
+        # 3) the rule, sampling, events
+        finished = []
+        for seq in list(self._running.values()):
+            logprobs = patient_logprobs[patient.index[seq.id]]
+            if not seq.request.guidance.is_plain:
+                logprobs = self._apply_rule(seq, logprobs, doctor)
+            if self._advance(seq, logprobs):
+                finished.append(seq)
+        self._steps += 1
+        # 4) finished requests leave the batch
+        for seq in finished:
+            self._release(seq)
+
+    def _apply_rule(self, seq: Sequence, patient_logprobs: torch.Tensor, doctor: StepLogits | None) -> torch.Tensor:
+        if seq.doctors:
+            doctor_logprobs = self.doctors.logprobs(doctor, seq.id, seq.doctors)  # (D, V)
+        else:
+            doctor_logprobs = patient_logprobs.new_zeros((0, patient_logprobs.shape[-1]))
+        return combine_logprobs(patient_logprobs, doctor_logprobs, seq.request.guidance.alpha, seq.betas)
+
+    def _advance(self, seq: Sequence, logprobs: torch.Tensor) -> bool:
+        """Sample one token for `seq`, emit it; True when the request is done."""
+        s = seq.request.sampling
+        token = sample_next_token(logprobs, s.temperature, s.top_k, s.top_p, seq.generator)
+        seq.output.append(token)
+        self._generated += 1
+        info = None
+        if s.logprobs is not None:
+            info = (TokenLogprob(token, float(logprobs[token]), top_logprobs(logprobs, s.logprobs)),)
+        finish = seq.finish_reason(token)
+        seq.emit((token,), info, finish)
+        return finish is not None
+
+    def _release(self, seq: Sequence) -> None:
+        """Remove a request's rows and bookkeeping; free adapters whose unload waited on it."""
+        self._running.pop(seq.id, None)
+        if seq.admitted:
+            self.patient_rows.remove([seq.id])
+            self.doctors.leave(seq.id, seq.doctors)
+        with self._lock:
+            self._all.pop(seq.id, None)
+        for name in self.table.unpin(seq.pinned):
+            kind = "patient" if name == seq.request.adapter else "doctor"
+            host = self.patient_rows.host if kind == "patient" else self.doctors.host
+            host.unload(name)
+
+    def _abort(self, request_id: str, error: str | None) -> None:
+        seq = self._all.get(request_id)
+        if seq is None or seq.finished:
+            return
+        if seq in self._waiting:
+            self._waiting.remove(seq)
+        seq.emit((), finish="abort", error=error)
+        self._release(seq)
+
+    def _abort_everything(self) -> None:
+        for request_id in list(self._all):
+            self._abort(request_id, "the server is shutting down")
+
+    def _fail_running(self, error: str) -> None:
+        for seq in list(self._running.values()):
+            seq.emit((), finish="abort", error=error)
+            self._release(seq)
+        # the cache may be half-written: start the rows afresh
+        self.patient_rows.remove(list(self.patient_rows.keys))
+        if not self.doctors.shared:
+            self.doctors.rows.remove(list(self.doctors.rows.keys))
+
+
+def _wanted_adapters(request: GenerateRequest) -> list[tuple[str, AdapterKind, str]]:
+    wanted: list[tuple[str, AdapterKind, str]] = []
+    if request.adapter:
+        wanted.append((request.adapter, "patient", "model"))
+    for i, d in enumerate(request.guidance.doctors):
+        if d.beta != 0.0:
+            wanted.append((d.name, "doctor", f"guidance.doctors[{i}].name"))
+    return wanted
+
+
+def _adapter_facts(path: Path) -> tuple[int, dict]:
+    """(rank, llmdoctor.json contents) of an adapter folder."""
+    rank = int(json.loads((path / "adapter_config.json").read_text()).get("r", 0))
+    meta_file = path / "llmdoctor.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    return rank, meta
+
+
+def _max_model_len(config, requested: int | None) -> int:
+    native = getattr(config, "max_position_embeddings", None) or DEFAULT_MAX_MODEL_LEN
+    if requested is None:
+        return min(native, DEFAULT_MAX_MODEL_LEN)
+    if requested > native:
+        raise InvalidRequestError(f"--max-model-len {requested} exceeds the model's {native} positions", "max_model_len")
+    return requested
+
+
+def _eos_ids(model) -> tuple[int, ...]:
+    eos = model.generation_config.eos_token_id if model.generation_config else None
+    eos = eos if eos is not None else model.config.eos_token_id
+    if eos is None:
+        return ()
+    return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+
+
+def _check_full_attention(config, folder: Path) -> None:
+    """The row cache assumes every layer attends to the whole prefix."""
+    layer_types = getattr(config, "layer_types", None) or []
+    if "sliding_attention" in layer_types or getattr(config, "use_sliding_window", False):
+        raise InvalidRequestError(f"{folder}: sliding-window attention is not supported by the torch engine", "model")
+
+
+def _check_same_vocabulary(patient_folder: Path, doctor_folder: Path) -> None:
+    """DESIGN.md: patient and doctor must share a tokenizer; refuse a mismatch at load time."""
+    from transformers import AutoTokenizer
+
+    a = AutoTokenizer.from_pretrained(patient_folder).get_vocab()
+    b = AutoTokenizer.from_pretrained(doctor_folder).get_vocab()
+    if a != b:
+        raise InvalidRequestError(
+            f"the doctor base {doctor_folder} has a different tokenizer from the patient {patient_folder} "
+            f"({len(b)} vs {len(a)} tokens, {len(set(a.items()) ^ set(b.items()))} entries differ); "
+            "doctors must share the patient's vocabulary",
+            "doctor_base",
+        )

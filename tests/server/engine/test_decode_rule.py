@@ -1,0 +1,37 @@
+import torch
+
+from llmdoctor.server.engine.decode_rule import combine_logprobs
+
+
+def _lp(*rows):
+    return torch.log_softmax(torch.tensor(rows, dtype=torch.float32), -1)
+
+
+def test_combine_with_zero_betas_is_the_patient():
+    patient = _lp([1.0, 2.0, 0.5])[0]
+    doctors = _lp([3.0, 0.0, 0.0], [0.0, 0.0, 3.0])
+    out = combine_logprobs(patient, doctors, 1.0, torch.zeros(2))
+    assert torch.allclose(out, patient, atol=1e-6)
+
+
+def test_combine_matches_hand_computation():
+    patient = _lp([1.0, 2.0, 0.5])[0]
+    doctors = _lp([3.0, 0.0, 0.0], [0.0, 0.0, 3.0])
+    alpha, betas = 0.7, torch.tensor([0.5, 0.25])
+    raw = alpha * patient + 0.5 * doctors[0] + 0.25 * doctors[1]
+    expected = raw - torch.logsumexp(raw, -1)
+    assert torch.allclose(combine_logprobs(patient, doctors, alpha, betas), expected, atol=1e-6)
+
+
+def test_combine_is_normalised():
+    out = combine_logprobs(_lp([0.1, 5.0, -2.0])[0], _lp([4.0, 1.0, 0.0]), 1.0, torch.tensor([2.0]))
+    assert torch.isclose(out.exp().sum(), torch.tensor(1.0))
+
+
+def test_combine_batched_rows_equal_single_rows():
+    patient = _lp([1.0, 2.0, 0.5], [0.0, 0.0, 1.0])
+    doctors = torch.stack([_lp([3.0, 0.0, 0.0]), _lp([0.0, 2.0, 0.0])])  # (B, D=1, V)
+    betas = torch.tensor([[0.5], [1.5]])
+    batched = combine_logprobs(patient, doctors, 1.0, betas)
+    for b in range(2):
+        assert torch.allclose(batched[b], combine_logprobs(patient[b], doctors[b], 1.0, betas[b]), atol=1e-6)

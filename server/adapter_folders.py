@@ -1,0 +1,369 @@
+"""Check an adapter folder before the server loads it: where it is, what it holds, what it fits.
+
+The contract between training/ and server/ (DESIGN.md, "Adapter folders"): a peft LoRA folder
+(`adapter_config.json`, `adapter_model.safetensors`, never pickles) plus `llmdoctor.json`, which
+plain peft folders may lack. `inspect_adapter` reads JSON and the safetensors header only, never
+tensor data, so refusing a folder costs milliseconds; engines then load the files it names.
+
+Which error, when (the same rule everywhere here):
+- ForbiddenError (403): no adapter root configured, or the path resolves outside every root.
+  Decided before looking whether the path exists, so 403 vs 404 tells nothing about the disk
+  outside the roots.
+- NotFoundError (404): the path, inside a root, names nothing.
+- AdapterError (400): it names something that is not a loadable adapter for this server
+  (a file, missing or pickle files, bad JSON, bad rank, wrong kind, wrong base model).
+
+Base-model match rule (`base_model_matches`): the names are equal after keeping only the last
+'/'-separated component and ignoring case, so "HuggingFaceTB/SmolLM2-135M-Instruct" matches
+the served name "SmolLM2-135M-Instruct". Trainers should record the served model's name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from safetensors import safe_open
+
+from llmdoctor.server.errors import AdapterError, ForbiddenError, NotFoundError
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+METADATA_FILE = "llmdoctor.json"
+KINDS = ("patient", "doctor")
+# Pickles can run code when loaded; a folder with only these is refused, never read.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+MAX_JSON_BYTES = 1 << 20  # adapter_config.json is ~1 KB; refuse to read a huge one into memory
+MAX_NAME_LEN = 64
+_NAME_RE = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_NAME_LEN}}}")
+# peft's saved keys: "<module>.lora_A.weight", "<module>.lora_B.weight" (Linear, Conv) and
+# "<module>.lora_embedding_A" / "_B" (Embedding). A holds the rank in dim 0, B in dim 1.
+_LORA_KEY_RE = re.compile(r"(?P<module>.+)\.lora_(?:embedding_)?(?P<side>[AB])(?:\.weight)?")
+
+
+@dataclass(frozen=True)
+class AdapterManifest:
+    """What an adapter folder is, independent of the name it is loaded under."""
+
+    path: Path  # the resolved folder, inside an adapter root
+    kind: str  # "patient" | "doctor"
+    base_model: str  # as the folder states it (llmdoctor.json, else adapter_config.json)
+    rank: int  # the largest LoRA rank of any module (r, or a larger rank_pattern entry)
+    lora_alpha: float
+    target_modules: tuple[str, ...]  # sorted module names, or the one regex adapter_config.json gives
+    meta: dict = field(default_factory=dict, compare=False)  # llmdoctor.json; {} for plain peft
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def weights_file(self) -> Path:
+        """The only weights file a loader may read (never a pickle lying beside it)."""
+        return self.path / WEIGHTS_FILE
+
+
+def inspect_adapter(
+    path: str, roots: Sequence[Path], kind: str, expected_base: str, max_rank: int = 64
+) -> AdapterManifest:
+    """Check that `path` is a loadable adapter of `kind` for `expected_base`; raise if it is not.
+
+    `path` is absolute, or relative to the adapter roots (tried in order, first existing wins).
+    Raises ForbiddenError / NotFoundError / AdapterError as the module docstring says.
+    Checks are made once, here: a loader should read `manifest.weights_file` and
+    `manifest.config_file` right after, not paths taken from the request again.
+    """
+    _check_kind(kind)
+    folder = resolve_adapter_path(path, roots)
+    _check_files(folder, path, _real_roots(roots))
+    config = _read_json(folder / CONFIG_FILE, path)
+    ranks = _check_lora_config(config, path, max_rank)
+    _check_tensor_ranks(folder / WEIGHTS_FILE, config, path)
+    meta = _read_metadata(folder, path)
+    if meta and meta["kind"] != kind:
+        raise AdapterError(
+            f"adapter {path!r} is a {meta['kind']} adapter (llmdoctor.json kind), but kind {kind!r} was requested",
+            "kind",
+        )
+    base = _stated_base(meta, config, path)
+    if not base_model_matches(base, expected_base):
+        raise AdapterError(
+            f"adapter {path!r} was trained for base model {base!r}, but this server's {kind} "
+            f"base model is {expected_base!r}",
+            "path",
+        )
+    return AdapterManifest(
+        path=folder,
+        kind=kind,
+        base_model=base,
+        rank=max(ranks),
+        lora_alpha=float(config.get("lora_alpha", 8)),  # 8 is peft's LoraConfig default
+        target_modules=_target_modules(config, path),
+        meta=meta,
+    )
+
+
+def resolve_adapter_path(path: str, roots: Sequence[Path]) -> Path:
+    """The real (symlink-free) folder `path` names, if it lies inside an adapter root."""
+    if not roots:
+        raise ForbiddenError(
+            "loading adapters is disabled: no adapter root is configured; start the server with "
+            "--adapter-root DIR and put adapter folders under DIR",
+            "path",
+        )
+    if not isinstance(path, str) or not path.strip():
+        raise AdapterError("path must be a non-empty string naming an adapter folder", "path")
+    real_roots = _real_roots(roots)
+    given = Path(path)
+    candidates = [given] if given.is_absolute() else [root / given for root in real_roots]
+    # resolve() follows every symlink and '..' that exists; checking the result, not the text,
+    # is what stops both '../' traversal and symlinks that point out of a root.
+    inside = [real for real in map(_resolve, candidates) if _is_inside(real, real_roots)]
+    if not inside:
+        raise ForbiddenError(
+            f"path {path!r} is outside the adapter roots {[str(r) for r in real_roots]}; "
+            "only folders under an --adapter-root may be loaded",
+            "path",
+        )
+    for real in inside:
+        if real.exists():
+            if not real.is_dir():
+                raise AdapterError(f"path {path!r} is a file; expected an adapter folder", "path")
+            return real
+    raise NotFoundError(f"path {path!r}: no such adapter folder", "path")
+
+
+def base_model_matches(stated: str, expected: str) -> bool:
+    """Same model name: the last '/'-separated component, case-insensitive (module docstring)."""
+    return _model_key(stated) == _model_key(expected)
+
+
+def validate_adapter_name(name: str) -> str:
+    """Return `name` if it is 1-64 characters of [A-Za-z0-9._-] and not only dots.
+
+    Whether it collides with the patient's or another adapter's name is the caller's check.
+    """
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or set(name) == {"."}:
+        raise AdapterError(
+            f"adapter name {name!r} is invalid: expected 1-{MAX_NAME_LEN} characters of "
+            "letters, digits, '.', '_' or '-' (not only dots)",
+            "name",
+        )
+    return name
+
+
+def write_adapter_metadata(
+    folder: Path,
+    kind: str,
+    base_model: str,
+    method: str,
+    dimension: str | None = None,
+    metrics: dict | None = None,
+) -> Path:
+    """Write `folder/llmdoctor.json` (atomically) with a UTC ISO `created` stamp; return its path.
+
+    DESIGN.md names methods dpo|gdpo|tfpo; any string is recorded (e.g. "sft" for test adapters).
+    """
+    _check_kind(kind)
+    meta = {
+        "kind": kind,
+        "base_model": base_model,
+        "method": method,
+        "dimension": dimension,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "metrics": metrics or {},
+    }
+    target = Path(folder) / METADATA_FILE
+    tmp = target.with_name(f".{METADATA_FILE}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, target)  # a reader never sees half a file
+    return target
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise AdapterError(f"kind must be one of {list(KINDS)}, got {kind!r}", "kind")
+
+
+def _real_roots(roots: Sequence[Path]) -> list[Path]:
+    return [Path(root).expanduser().resolve() for root in roots]
+
+
+def _resolve(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, ValueError, RuntimeError) as e:  # NUL bytes, name too long, symlink loops
+        raise AdapterError(f"path {str(path)!r} cannot be resolved: {e}", "path") from e
+
+
+def _is_inside(real: Path, real_roots: list[Path]) -> bool:
+    return any(real.is_relative_to(root) for root in real_roots)
+
+
+def _check_files(folder: Path, path: str, real_roots: list[Path]) -> None:
+    """Required files present as regular files; nothing in the folder links out of the roots."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as e:  # e.g. no read permission for the server's user
+        raise AdapterError(f"adapter {path!r}: cannot list the folder: {e}", "path") from e
+    names = [entry.name for entry in entries]
+    # Loaders (peft, vLLM) read top-level files only; any of them may be read, so check them all.
+    for entry in entries:
+        if not _is_inside(_resolve(entry), real_roots):
+            raise ForbiddenError(f"adapter {path!r}: {entry.name!r} is a link to outside the adapter roots", "path")
+    if not (folder / WEIGHTS_FILE).is_file():
+        pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+        if pickles:
+            raise AdapterError(
+                f"adapter {path!r} has pickle weights {pickles} but no {WEIGHTS_FILE}: pickles are "
+                "refused (they can run code); save with safetensors (peft save_pretrained default)",
+                "path",
+            )
+        raise AdapterError(f"adapter {path!r} has no {WEIGHTS_FILE}; the folder holds {_listing(names)}", "path")
+    if not (folder / CONFIG_FILE).is_file():
+        raise AdapterError(f"adapter {path!r} has no {CONFIG_FILE}; the folder holds {_listing(names)}", "path")
+
+
+def _listing(names: list[str], limit: int = 20) -> str:
+    if not names:
+        return "nothing"
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _read_json(file: Path, path: str) -> dict:
+    """A JSON object from `file`; AdapterError naming the file otherwise."""
+    try:
+        if file.stat().st_size > MAX_JSON_BYTES:
+            raise AdapterError(f"adapter {path!r}: {file.name} is larger than {MAX_JSON_BYTES} bytes", "path")
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AdapterError(f"adapter {path!r}: cannot read {file.name}: {e}", "path") from e
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise AdapterError(f"adapter {path!r}: {file.name} is not valid JSON: {e}", "path") from e
+    if not isinstance(data, dict):
+        raise AdapterError(f"adapter {path!r}: {file.name} must hold a JSON object", "path")
+    return data
+
+
+def _check_lora_config(config: dict, path: str, max_rank: int) -> list[int]:
+    """peft_type LORA and every rank (r, rank_pattern values) in 1..max_rank; returns the ranks."""
+    if config.get("peft_type") != "LORA":
+        raise AdapterError(
+            f"adapter {path!r}: peft_type {config.get('peft_type')!r} in {CONFIG_FILE}; only LORA is supported",
+            "path",
+        )
+    alpha = config.get("lora_alpha", 8)
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float):
+        raise AdapterError(f"adapter {path!r}: lora_alpha must be a number, got {alpha!r}", "path")
+    pattern = config.get("rank_pattern") or {}
+    if not isinstance(pattern, dict):
+        raise AdapterError(f"adapter {path!r}: rank_pattern must be an object, got {pattern!r}", "path")
+    ranks = [config.get("r")] + list(pattern.values())
+    for rank in ranks:
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= max_rank:
+            raise AdapterError(
+                f"adapter {path!r}: bad rank {rank!r} in {CONFIG_FILE}; expected an integer "
+                f"from 1 to {max_rank} (this server's maximum LoRA rank)",
+                "path",
+            )
+    return ranks
+
+
+def _target_modules(config: dict, path: str) -> tuple[str, ...]:
+    targets = config.get("target_modules")
+    if targets is None:
+        return ()
+    if isinstance(targets, str):
+        return (targets,)  # peft treats a string as one regex over module names
+    if isinstance(targets, list) and all(isinstance(t, str) for t in targets):
+        return tuple(sorted(targets))  # peft saves a set: its order changes from run to run
+    raise AdapterError(f"adapter {path!r}: target_modules must be a string or a list of strings", "path")
+
+
+def _check_tensor_ranks(weights: Path, config: dict, path: str) -> None:
+    """Every LoRA A/B pair in the safetensors header has the rank the config gives its module."""
+    shapes = _lora_shapes(weights, path)
+    if not shapes:
+        raise AdapterError(f"adapter {path!r}: {WEIGHTS_FILE} holds no LoRA tensors (lora_A / lora_B)", "path")
+    for module, sides in sorted(shapes.items()):
+        expected = _module_rank(module, config, path)
+        if set(sides) != {"A", "B"}:
+            raise AdapterError(f"adapter {path!r}: {module} has lora_{''.join(sides)} but not both A and B", "path")
+        a_rank, b_rank = sides["A"][0], sides["B"][1]  # A: (r, in, ...), B: (out, r, ...)
+        if a_rank != expected or b_rank != expected:
+            raise AdapterError(
+                f"adapter {path!r}: bad rank in {WEIGHTS_FILE}: {module} has lora_A {list(sides['A'])} and "
+                f"lora_B {list(sides['B'])}, but {CONFIG_FILE} gives rank {expected}",
+                "path",
+            )
+
+
+def _lora_shapes(weights: Path, path: str) -> dict[str, dict[str, tuple[int, ...]]]:
+    """module -> {"A": shape, "B": shape}, from the header only (no tensor data is read)."""
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            for key in f.keys():
+                match = _LORA_KEY_RE.fullmatch(key)
+                if match:
+                    shape = tuple(f.get_slice(key).get_shape())
+                    shapes.setdefault(match["module"], {})[match["side"]] = shape
+    except Exception as e:  # safetensors raises its own SafetensorError for a bad header
+        raise AdapterError(f"adapter {path!r}: {WEIGHTS_FILE} is not a readable safetensors file: {e}", "path") from e
+    for module, sides in shapes.items():
+        if any(len(shape) < 2 for shape in sides.values()):
+            raise AdapterError(f"adapter {path!r}: {module} has a LoRA tensor with fewer than 2 dims", "path")
+    return shapes
+
+
+def _module_rank(module: str, config: dict, path: str) -> int:
+    """peft's rule: the first rank_pattern key matching the module name's end, else r."""
+    for pattern, rank in (config.get("rank_pattern") or {}).items():
+        try:
+            if re.match(rf"(.*\.)?({pattern})$", module):
+                return rank
+        except re.error as e:
+            raise AdapterError(f"adapter {path!r}: rank_pattern key {pattern!r} is not a regex: {e}", "path") from e
+    return config["r"]
+
+
+def _read_metadata(folder: Path, path: str) -> dict:
+    """llmdoctor.json checked for the fields the server relies on, or {} when there is none."""
+    file = folder / METADATA_FILE
+    if not file.is_file():
+        return {}
+    meta = _read_json(file, path)
+    if meta.get("kind") not in KINDS:
+        raise AdapterError(
+            f"adapter {path!r}: {METADATA_FILE} kind must be one of {list(KINDS)}, got {meta.get('kind')!r}",
+            "path",
+        )
+    if not isinstance(meta.get("base_model"), str) or not meta["base_model"]:
+        raise AdapterError(f"adapter {path!r}: {METADATA_FILE} needs a base_model name", "path")
+    return meta
+
+
+def _stated_base(meta: dict, config: dict, path: str) -> str:
+    """llmdoctor.json's base_model, else adapter_config.json's base_model_name_or_path."""
+    if meta:
+        return meta["base_model"]
+    base = config.get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise AdapterError(
+            f"adapter {path!r} does not say which base model it was trained for: set "
+            f"base_model_name_or_path in {CONFIG_FILE} or add {METADATA_FILE}",
+            "path",
+        )
+    return base
+
+
+def _model_key(name: str) -> str:
+    return name.rstrip("/").rsplit("/", 1)[-1].casefold()

@@ -1,0 +1,128 @@
+"""The FastAPI app: routers, error mapping, middleware, and a lifespan that builds the engine and the
+services once.
+
+`create_app(settings, engine=None)`: the app owns the engine (starts it, drains and shuts it down);
+without one it builds what `settings.engine` names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from llmdoctor.server.api import (
+    routes_adapters,
+    routes_chat,
+    routes_completions,
+    routes_health,
+    routes_models,
+)
+from llmdoctor.server.api.auth import ApiKeyMiddleware
+from llmdoctor.server.api.dependencies import Services
+from llmdoctor.server.api.detokenizer import TokenTexts
+from llmdoctor.server.api.engine_factory import build_engine
+from llmdoctor.server.api.errors import install_error_handlers
+from llmdoctor.server.api.generation import GenerationService
+from llmdoctor.server.api.metrics import RequestCountMiddleware, ServerMetrics
+from llmdoctor.server.api.prompts import PromptTokenizer
+from llmdoctor.server.api.serving_adapters import AdaptersService
+from llmdoctor.server.api.serving_chat import ChatService
+from llmdoctor.server.api.serving_completions import CompletionsService
+from llmdoctor.server.api.serving_models import ModelsService
+from llmdoctor.server.config import ConfigError, ServerSettings
+from llmdoctor.server.engine.protocol import Engine
+from llmdoctor.server.errors import LLMDoctorError
+
+logger = logging.getLogger(__name__)
+
+ROUTERS = (routes_completions, routes_chat, routes_models, routes_adapters, routes_health)
+
+
+def create_app(settings: ServerSettings, engine: Engine | None = None, *, started_at: float | None = None) -> FastAPI:
+    """`started_at` (time.monotonic()) is when the process began, for the 'ready in' log line."""
+    started_at = time.monotonic() if started_at is None else started_at
+    metrics = ServerMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = engine if engine is not None else await asyncio.to_thread(build_engine, settings)
+        await owned.start()
+        try:
+            services = await build_services(owned, settings, metrics)
+            app.state.services = services
+            await load_startup_adapters(services.adapters, settings)
+            logger.info("ready in %.1f s: %s on http://%s:%d", time.monotonic() - started_at,
+                        owned.model_name, settings.host, settings.port)
+            yield
+            await services.generation.drain(settings.shutdown_grace)
+        finally:
+            await owned.shutdown(grace_seconds=0)
+
+    app = FastAPI(title="llmdoctor", summary="Decode-time alignment of a frozen LLM with doctor models",
+                  lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    for module in ROUTERS:
+        app.include_router(module.router)
+    if settings.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
+    app.add_middleware(RequestCountMiddleware, metrics=metrics)  # added last = outermost: counts 401s too
+    return app
+
+
+async def build_services(engine: Engine, settings: ServerSettings, metrics: ServerMetrics) -> Services:
+    """Once per app, after the engine started (its max_model_len is known then)."""
+    tokenizer = await asyncio.to_thread(_load_tokenizer, engine.model_folder)
+    prompts = PromptTokenizer(tokenizer, engine.max_model_len)
+    token_text = TokenTexts(tokenizer)
+    generation = GenerationService(engine, tokenizer, metrics, settings.request_timeout)
+    models = ModelsService(engine)
+    return Services(
+        engine=engine,
+        metrics=metrics,
+        generation=generation,
+        models=models,
+        adapters=AdaptersService(engine, settings.adapter_root, settings.max_lora_rank),
+        completions=CompletionsService(models, prompts, generation, token_text),
+        chat=ChatService(models, prompts, generation, token_text),
+    )
+
+
+def _startup_adapters(settings: ServerSettings):
+    """(flag, kind, NAME=PATH entry) for every adapter named on the command line."""
+    for flag, kind, entries in (("--doctor", "doctor", settings.doctor), ("--lora", "patient", settings.lora)):
+        for entry in entries:
+            yield flag, kind, entry
+
+
+def check_startup_adapters(engine: Engine, settings: ServerSettings) -> None:
+    """Refuse a bad --doctor/--lora with a one-line error naming the flag, before anything listens."""
+    adapters = AdaptersService(engine, settings.adapter_root, settings.max_lora_rank)
+    for flag, kind, entry in _startup_adapters(settings):
+        try:
+            adapters.check_trusted(entry.name, entry.path, kind)
+        except LLMDoctorError as exc:
+            raise ConfigError(f"{flag} {entry.name}={entry.path}: {exc.message}") from None
+
+
+async def load_startup_adapters(adapters: AdaptersService, settings: ServerSettings) -> None:
+    for _, kind, entry in _startup_adapters(settings):
+        card = await adapters.load_trusted(entry.name, entry.path, kind)
+        logger.info("loaded %s adapter %s (rank %d) from %s", kind, card.name, card.rank, card.path)
+
+
+async def drain(app: FastAPI) -> None:
+    """Graceful shutdown, first half: stop admitting, let in-flight requests finish (up to
+    --shutdown-grace), then end the rest cleanly. The server closes its sockets afterwards."""
+    await app.state.services.generation.drain(app.state.settings.shutdown_grace)
+
+
+def _load_tokenizer(folder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)

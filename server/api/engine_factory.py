@@ -1,0 +1,55 @@
+"""`--engine auto|torch|vllm` -> an Engine. A registry of builders: a new engine is one entry."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from llmdoctor.server.config import ConfigError, ServerSettings
+from llmdoctor.server.engine.protocol import Engine
+from llmdoctor.server.model_store import ResolvedModel, default_cache_dir, resolve_model
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_patient(settings: ServerSettings) -> ResolvedModel:
+    """Find (and on first use convert) the patient model, saying where the cache is and what it cost."""
+    cache_dir = settings.cache_dir or default_cache_dir()
+    model = resolve_model(settings.model, cache_dir)
+    if model.converted_seconds is not None:
+        logger.info(
+            "converted %s into the model cache %s in %.1f s (once: later starts load the cached folder)",
+            model.name, model.folder, model.converted_seconds,
+        )
+    logger.info("patient model %s from %s (model cache: %s)", model.name, model.folder, cache_dir)
+    return model
+
+
+def _build_torch(settings: ServerSettings) -> Engine:
+    from llmdoctor.server.engine.torch_engine import TorchEngine  # imports torch: only when serving
+
+    return TorchEngine(
+        resolve_patient(settings),
+        max_batch=settings.max_batch,
+        max_queue=settings.max_queue,
+        max_model_len=settings.max_model_len,
+    )
+
+
+def _build_vllm(settings: ServerSettings) -> Engine:
+    raise ConfigError("--engine vllm is not implemented yet; use --engine torch (or auto, which picks torch)")
+
+
+ENGINE_BUILDERS: dict[str, Callable[[ServerSettings], Engine]] = {"torch": _build_torch, "vllm": _build_vllm}
+
+
+def engine_kind(requested: str) -> str:
+    """auto -> the best engine available; only torch is, for now."""
+    return "torch" if requested == "auto" else requested
+
+
+def build_engine(settings: ServerSettings) -> Engine:
+    """Construct (not start) the engine the settings ask for; raises ConfigError/ModelNotFoundError."""
+    kind = engine_kind(settings.engine)
+    logger.info("engine: %s", kind if settings.engine == kind else f"{kind} (--engine auto)")
+    return ENGINE_BUILDERS[kind](settings)

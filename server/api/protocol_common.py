@@ -1,0 +1,138 @@
+"""Schemas shared by /v1/completions and /v1/chat/completions: sampling fields, guidance, usage.
+
+Every float is finite: Python's json (and so FastAPI) accepts NaN/Infinity literals, and a NaN
+beta or temperature would otherwise reach the decode rule.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationInfo, field_validator
+
+from llmdoctor.server.engine.protocol import DoctorWeight, Guidance
+
+MAX_LOGPROBS = 20  # the engine's limit (SamplingParams.logprobs)
+MAX_N = 64  # choices per prompt; each is an engine request
+
+StrictModel = ConfigDict(extra="forbid")
+
+
+class DoctorWeightSchema(BaseModel):
+    model_config = StrictModel
+
+    name: str = Field(min_length=1)
+    beta: FiniteFloat
+
+
+class GuidanceSchema(BaseModel):
+    """The extension field: `{"alpha": 1.0, "doctors": [{"name": "helpful", "beta": 0.8}]}`.
+
+    `doctors` may also be a mapping `{"helpful": 0.8}`.
+    """
+
+    model_config = StrictModel
+
+    alpha: FiniteFloat = 1.0
+    doctors: list[DoctorWeightSchema] = Field(default_factory=list)
+
+    @field_validator("doctors", mode="before")
+    @classmethod
+    def _mapping_to_list(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return [{"name": name, "beta": beta} for name, beta in value.items()]
+        return value
+
+    def to_guidance(self) -> Guidance:
+        return Guidance(alpha=self.alpha, doctors=tuple(DoctorWeight(d.name, d.beta) for d in self.doctors))
+
+
+class StreamOptions(BaseModel):
+    model_config = StrictModel
+
+    include_usage: bool = False
+
+
+class SamplingFields(BaseModel):
+    """Fields both endpoints share, with OpenAI's names and vLLM's extensions (top_k, ignore_eos, ...)."""
+
+    model_config = StrictModel
+
+    model: str | None = None  # None = the patient
+    n: int = Field(1, ge=1, le=MAX_N)
+    temperature: FiniteFloat = Field(1.0, ge=0)
+    top_p: FiniteFloat = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=-1)
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
+    stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=16)
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    ignore_eos: bool = False
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    guidance: GuidanceSchema | None = None
+    # Accepted for compatibility; only their neutral values are served (checked below).
+    frequency_penalty: FiniteFloat = 0.0
+    presence_penalty: FiniteFloat = 0.0
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_to_list(cls, value: object) -> object:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("must be a string or a list of strings")
+        return value
+
+    @field_validator("frequency_penalty", "presence_penalty")
+    @classmethod
+    def _neutral_penalty(cls, value: float) -> float:
+        if value != 0:
+            raise ValueError("is not supported by this server; leave it at 0")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_logit_bias(cls, value: dict | None) -> dict | None:
+        if value:
+            raise ValueError("is not supported by this server")
+        return value
+
+    @field_validator("stream_options")
+    @classmethod
+    def _options_need_stream(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if value is not None and not info.data.get("stream"):
+            raise ValueError("is only allowed when stream is true")
+        return value
+
+    @property
+    def include_usage_in_stream(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def to_guidance(self) -> Guidance:
+        return self.guidance.to_guidance() if self.guidance else Guidance()
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> UsageInfo:
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+
+
+FinishReasonOut = Literal["stop", "length", "abort"] | None
+
+
+def now() -> int:
+    return int(time.time())

@@ -1,0 +1,114 @@
+"""POST /v1/completions: prompts in, OpenAI completion objects (or SSE chunks) out."""
+
+from __future__ import annotations
+
+import uuid
+from functools import partial
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+
+from llmdoctor.server.api.choice_run import ChoiceDelta, ChoiceRun, ChoiceSpec
+from llmdoctor.server.api.detokenizer import TokenTexts
+from llmdoctor.server.api.generation import GenerationService, close_runs, collect_choices, merge_deltas
+from llmdoctor.server.api.planning import plan_choices, prompt_tokens_of
+from llmdoctor.server.api.prompts import PromptTokenizer
+from llmdoctor.server.api.protocol_common import UsageInfo, now
+from llmdoctor.server.api.protocol_completions import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionStreamResponse,
+)
+from llmdoctor.server.api.serving_models import ModelsService
+from llmdoctor.server.api.sse import DONE, EventStream, sse_data, sse_error
+from llmdoctor.server.engine.protocol import TokenLogprob
+
+
+def completion_logprobs(
+    logprobs: Sequence[TokenLogprob], offsets: Sequence[int], token_text: TokenTexts
+) -> CompletionLogprobs:
+    """OpenAI's legacy shape: parallel lists of tokens, their logprobs, top-k dicts and text offsets."""
+    return CompletionLogprobs(
+        tokens=[token_text(lp.token_id) for lp in logprobs],
+        token_logprobs=[lp.logprob for lp in logprobs],
+        top_logprobs=[{token_text(t): v for t, v in lp.top} for lp in logprobs],
+        text_offset=list(offsets),
+    )
+
+
+class CompletionsService:
+    def __init__(
+        self, models: ModelsService, prompts: PromptTokenizer, generation: GenerationService, token_text: TokenTexts
+    ):
+        self.models = models
+        self.prompts = prompts
+        self.generation = generation
+        self.token_text = token_text
+
+    async def complete(self, body: CompletionRequest) -> CompletionResponse:
+        request_id, specs = self._plan(body)
+        runs = await self.generation.start(specs)
+        collected = await collect_choices(runs)
+        choices = [
+            CompletionChoice(
+                index=c.index,
+                text=c.text,
+                logprobs=self._logprobs(body, c.logprobs, c.text_offsets),
+                finish_reason=c.finish_reason,
+            )
+            for c in collected
+        ]
+        usage = UsageInfo.of(prompt_tokens_of(specs, body.n), sum(c.completion_tokens for c in collected))
+        return CompletionResponse(id=request_id, model=self._model_name(body), choices=choices, usage=usage)
+
+    async def stream(self, body: CompletionRequest) -> EventStream:
+        """Admits the choices first, so queue-full and bad-request errors still get an HTTP status."""
+        request_id, specs = self._plan(body)
+        runs = await self.generation.start(specs)
+        events = self._events(body, request_id, specs, runs)
+        return EventStream(events, on_close=partial(close_runs, runs))
+
+    def _plan(self, body: CompletionRequest) -> tuple[str, list[ChoiceSpec]]:
+        request_id = f"cmpl-{uuid.uuid4().hex}"
+        prompts = self.prompts.encode_prompts(body.prompt)
+        return request_id, plan_choices(body, prompts, "prompt", request_id, self.models, self.prompts)
+
+    async def _events(
+        self, body: CompletionRequest, request_id: str, specs: list[ChoiceSpec], runs: list[ChoiceRun]
+    ) -> AsyncGenerator[str, None]:
+        created, model = now(), self._model_name(body)
+        completion_tokens: dict[int, int] = {}
+        try:
+            async with aclosing(merge_deltas(runs)) as deltas:
+                async for delta in deltas:
+                    completion_tokens[delta.index] = delta.completion_tokens
+                    chunk = CompletionStreamResponse(
+                        id=request_id, created=created, model=model, choices=[self._stream_choice(body, delta)]
+                    )
+                    yield sse_data(chunk.model_dump_json())
+            if body.include_usage_in_stream:
+                usage = UsageInfo.of(prompt_tokens_of(specs, body.n), sum(completion_tokens.values()))
+                chunk = CompletionStreamResponse(id=request_id, created=created, model=model, choices=[], usage=usage)
+                yield sse_data(chunk.model_dump_json())
+        except Exception as exc:
+            yield sse_error(exc)
+        yield DONE
+
+    def _stream_choice(self, body: CompletionRequest, delta: ChoiceDelta) -> CompletionChoice:
+        return CompletionChoice(
+            index=delta.index,
+            text=delta.text,
+            logprobs=self._logprobs(body, delta.logprobs, delta.text_offsets),
+            finish_reason=delta.finish_reason,
+        )
+
+    def _logprobs(
+        self, body: CompletionRequest, logprobs: Sequence[TokenLogprob], offsets: Sequence[int]
+    ) -> CompletionLogprobs | None:
+        if body.logprobs is None:
+            return None
+        return completion_logprobs(logprobs, offsets, self.token_text)
+
+    def _model_name(self, body: CompletionRequest) -> str:
+        return body.model or self.models.patient

@@ -1,0 +1,117 @@
+"""The `llmdoctor` console script: one argparse subcommand per job.
+
+Adding a subcommand (train, eval, batch) = one `Command(...)` entry in COMMANDS: a name, a help
+line, a function adding its arguments, and a function running it (returns the exit status).
+Heavy imports (torch, uvicorn) happen inside the run functions so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from llmdoctor.server.config import (
+    ConfigError,
+    ServerSettings,
+    describe_validation_error,
+    env_name,
+    flag_name,
+)
+from llmdoctor.server.errors import LLMDoctorError
+
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# ------------------------------------------------------------------ serve
+
+
+_LIST_METAVARS = {"doctor": "NAME=PATH", "lora": "NAME=PATH", "adapter_root": "DIR"}
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per ServerSettings field; unset flags fall back to the env var, then the default."""
+    for field, info in ServerSettings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        shown = "" if default in (None, []) else f", default {default}"
+        text = f"{info.description} (env {env_name(field)}{shown})"
+        if field in _LIST_METAVARS:
+            parser.add_argument(flag_name(field), dest=field, action="append", metavar=_LIST_METAVARS[field],
+                                help=text, default=argparse.SUPPRESS)
+        else:
+            parser.add_argument(flag_name(field), dest=field, metavar=field.upper(), help=text,
+                                default=argparse.SUPPRESS)
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """Flags override env vars; pydantic validates both, with one message style."""
+    given = {k: v for k, v in vars(args).items() if k in ServerSettings.model_fields}
+    return ServerSettings(**given)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    started_at = time.monotonic()
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        print(f"llmdoctor serve: invalid settings\n{describe_validation_error(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(settings.log_level)
+    from llmdoctor.server.api.server_runner import serve  # imports uvicorn, fastapi, torch
+    from llmdoctor.server.model_store import ModelNotFoundError
+
+    try:
+        serve(settings, started_at)
+    except (ConfigError, ModelNotFoundError, LLMDoctorError) as exc:
+        print(f"llmdoctor serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("serve", "run the OpenAI-compatible server", add_settings_arguments, run_serve),
+)
+
+
+# ------------------------------------------------------------------ entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmdoctor",
+        description="Decode-time alignment of a frozen LLM with small doctor models.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

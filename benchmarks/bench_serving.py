@@ -44,7 +44,7 @@ def make_random_doctors(model_folder: Path, root: Path) -> dict[str, Path]:
         torch.manual_seed(i)
         base = AutoModelForCausalLM.from_pretrained(model_folder)
         lora = get_peft_model(base, LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-        lora.save_pretrained(root / name)
+        lora.save_pretrained(root / name, save_embedding_layers=False)  # else peft asks the hub
         paths[name] = root / name
     return paths
 

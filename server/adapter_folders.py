@@ -31,6 +31,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from llmdoctor.server.errors import AdapterError, ForbiddenError, NotFoundError
+from llmdoctor.server.model_store import converted_model_name
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -362,7 +363,9 @@ def _stated_base(meta: dict, config: dict, path: str) -> str:
             f"base_model_name_or_path in {CONFIG_FILE} or add {METADATA_FILE}",
             "path",
         )
-    return base
+    # peft records the folder it trained on; for our converted cache folder that is a path whose
+    # last part carries a fingerprint, so use the name the folder was converted under.
+    return converted_model_name(base) or base
 
 
 def _model_key(name: str) -> str:

@@ -56,6 +56,11 @@ class ServerSettings(BaseSettings):
     model: str | None = Field(
         None, description="patient model: a transformers folder or a .gguf file; unset = the embedded SmolLM2-135M"
     )
+    doctor_base: str | None = Field(
+        None,
+        description="base model the doctor adapters sit on, a transformers folder or .gguf file; unset = the patient "
+        "(doctor rows then share the patient's forward pass); must share the patient's tokenizer",
+    )
     doctor: Annotated[list[NamedPath], NoDecode] = Field(
         default_factory=list, description="doctor adapter loaded at start, NAME=PATH (repeatable)"
     )

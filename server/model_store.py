@@ -84,10 +84,17 @@ def resolve_model(spec: str | None, cache_dir: Path | None = None) -> ResolvedMo
 
 def _folder_model_name(folder: Path) -> str:
     """A converted folder remembers its source name; other folders are named after themselves."""
-    marker = folder / "llmdoctor_model.json"
-    if marker.is_file():
-        return json.loads(marker.read_text())["name"]
-    return folder.resolve().name
+    return converted_model_name(folder) or folder.resolve().name
+
+
+def converted_model_name(folder: str | Path) -> str | None:
+    """The served name of a folder this module converted (peft records such a folder's path as
+    an adapter's base model), or None for any other path."""
+    marker = Path(folder) / "llmdoctor_model.json"
+    try:
+        return json.loads(marker.read_text())["name"] if marker.is_file() else None
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _file_fingerprint(path: Path) -> str:

@@ -33,7 +33,17 @@ def _build_torch(settings: ServerSettings) -> Engine:
         max_batch=settings.max_batch,
         max_queue=settings.max_queue,
         max_model_len=settings.max_model_len,
+        doctor_base=resolve_doctor_base(settings),
     )
+
+
+def resolve_doctor_base(settings: ServerSettings) -> ResolvedModel | None:
+    """`--doctor-base`, or None when the doctors sit on the patient itself."""
+    if settings.doctor_base is None:
+        return None
+    model = resolve_model(settings.doctor_base, settings.cache_dir or default_cache_dir())
+    logger.info("doctor base model %s from %s", model.name, model.folder)
+    return model
 
 
 def _build_vllm(settings: ServerSettings) -> Engine:

@@ -17,7 +17,7 @@ async def health(services: ServicesDep) -> JSONResponse:
     """200 while the engine loop runs and the server admits requests; 503 otherwise."""
     if services.generation.draining:
         return JSONResponse(error_payload("shutting down", "service_unavailable", 503), status_code=503)
-    if not getattr(services.engine, "healthy", True):
+    if not services.engine.healthy:
         return JSONResponse(error_payload("the engine loop is not running", "service_unavailable", 503), 503)
     return JSONResponse({"status": "ok"})
 

@@ -49,5 +49,5 @@ class AdaptersService:
 
     def _expected_base(self, kind: AdapterKind) -> str:
         if kind == "doctor":
-            return getattr(self.engine, "doctor_base_name", None) or self.engine.model_name
+            return self.engine.doctor_base_name
         return self.engine.model_name

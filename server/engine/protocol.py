@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol
 
 from llmdoctor.server.errors import InvalidRequestError
@@ -134,9 +135,14 @@ class Engine(Protocol):
     """What every engine offers. `generate` may raise QueueFullError / InvalidRequestError / NotFoundError
     before yielding anything; afterwards errors arrive as a final event with `error` set."""
 
-    model_name: str
+    model_name: str  # the patient's name, as /v1/models reports it and adapters' base_model must match
+    doctor_base_name: str  # the base the doctor adapters must sit on (the patient's name by default)
+    model_folder: Path  # the patient's transformers folder: the service layer loads the tokenizer from it
     max_model_len: int
     eos_token_ids: tuple[int, ...]
+
+    @property
+    def healthy(self) -> bool: ...  # the decode loop is alive and accepting work
 
     async def start(self) -> None: ...
     async def shutdown(self, grace_seconds: float = 10.0) -> None: ...

@@ -45,7 +45,10 @@ class Sequence:
             error=error,
         )
         self.finished = self.finished or finish is not None
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the event loop is closed (process exiting): nobody is listening
+            pass
 
     def finish_reason(self, token: int) -> FinishReason | None:
         """Whether the token just appended ends the request."""

@@ -269,7 +269,10 @@ class TorchEngine:
         except queue.Empty:
             return
         while True:
-            command()
+            try:
+                command()
+            except Exception:  # noqa: BLE001 - one bad command must not stop the decode loop
+                logger.exception("engine command failed")
             try:
                 command = self._inbox.get_nowait()
             except queue.Empty:

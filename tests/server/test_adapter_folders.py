@@ -90,6 +90,13 @@ def test_inspect_adapter_plain_peft_folder_accepted(adapter_copy, adapter_root):
     assert manifest.base_model == BASE  # from adapter_config.json's base_model_name_or_path
 
 
+def test_inspect_adapter_plain_peft_folder_trained_on_converted_cache_accepted(adapter_copy, adapter_root, embedded_model):
+    # what peft records when a user trains on the cached conversion of the embedded GGUF
+    (adapter_copy / METADATA_FILE).unlink()
+    edit_json(adapter_copy / CONFIG_FILE, base_model_name_or_path=str(embedded_model.folder))
+    assert inspect(adapter_copy, [adapter_root]).base_model == BASE
+
+
 def test_inspect_adapter_hub_style_base_name_accepted(adapter_copy, adapter_root):
     edit_json(adapter_copy / METADATA_FILE, base_model="HuggingFaceTB/smollm2-135m-instruct")
     assert inspect(adapter_copy, [adapter_root]).base_model == "HuggingFaceTB/smollm2-135m-instruct"

@@ -51,3 +51,37 @@ def test_adapter_name_in_use_is_409(http, second_doctor_adapter_dir):
 def test_adapter_bad_name_is_400(http, second_doctor_adapter_dir):
     error = load(http, "no spaces/allowed", second_doctor_adapter_dir).json()["error"]
     assert error["code"] == 400 and error["param"] == "name"
+
+
+def test_adapters_load_and_unload_during_traffic_leave_in_flight_requests_intact(
+    live_server, second_doctor_adapter_dir, patient_adapter_dir
+):
+    """Requests in flight while adapters come and go finish exactly as they would alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = live_server.openai()
+    prompt = "Write a few sentences about the sea."
+
+    def complete(model=None, guidance=None, tokens=40):
+        extra = {"ignore_eos": True, **({"guidance": guidance} if guidance else {})}
+        reply = client.completions.create(model=model, prompt=prompt, max_tokens=tokens, temperature=0,
+                                          extra_body=extra)
+        return reply.choices[0].text
+
+    with live_server.client() as http:
+        bare_alone = complete()
+        assert load(http, "traffic-doc", second_doctor_adapter_dir).status_code == 200
+        guided_alone = complete(guidance={"doctors": {"traffic-doc": 1.0}})
+        with ThreadPoolExecutor(4) as pool:
+            bare = [pool.submit(complete) for _ in range(2)]
+            guided = pool.submit(complete, guidance={"doctors": {"traffic-doc": 1.0}})
+            # while those decode: a patient adapter arrives, gets used, and the doctor leaves
+            assert load(http, "traffic-pat", patient_adapter_dir, kind="patient").status_code == 200
+            patient_reply = complete(model="traffic-pat", tokens=8)
+            assert http.delete("/v1/adapters/traffic-doc").status_code == 200
+            assert [f.result() for f in bare] == [bare_alone, bare_alone]
+            assert guided.result() == guided_alone
+        assert patient_reply and complete(model="traffic-pat", tokens=8) == patient_reply
+        assert http.delete("/v1/adapters/traffic-pat").status_code == 200
+    with pytest.raises(Exception, match="traffic-doc"):
+        complete(guidance={"doctors": {"traffic-doc": 1.0}})

@@ -71,6 +71,12 @@ class ServerSettings(BaseSettings):
         default_factory=list, description="folder that POST /v1/adapters may load from (repeatable)"
     )
     engine: Literal["auto", "torch", "vllm"] = Field("auto", description="inference engine: auto, torch or vllm")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the torch engine runs: auto = cuda when a GPU is visible, else cpu"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights and activations: auto = bfloat16 on cuda, float32 on cpu (bf16 is slow on AVX2)"
+    )
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 = every interface)")
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on")
     api_key: SecretStr | None = Field(None, description="require 'Authorization: Bearer KEY' on every /v1 route")

@@ -51,7 +51,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None, *, starte
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = engine if engine is not None else await asyncio.to_thread(build_engine, settings)
-        await owned.start()
+        if not owned.healthy:  # `llmdoctor serve` starts it before listening
+            await owned.start()
         try:
             services = await build_services(owned, settings, metrics)
             app.state.services = services

@@ -34,7 +34,22 @@ def _build_torch(settings: ServerSettings) -> Engine:
         max_queue=settings.max_queue,
         max_model_len=settings.max_model_len,
         doctor_base=resolve_doctor_base(settings),
+        **torch_placement(settings),
     )
+
+
+def torch_placement(settings: ServerSettings) -> dict:
+    """--device/--dtype with `auto` resolved: a visible GPU gets bfloat16, a CPU float32."""
+    import torch
+
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is visible to torch; use --device cpu or auto")
+    dtype = settings.dtype if settings.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    logger.info("torch engine on %s in %s", device, dtype)
+    return {"device": device, "dtype": getattr(torch, dtype)}
 
 
 def resolve_doctor_base(settings: ServerSettings) -> ResolvedModel | None:

@@ -60,6 +60,10 @@ def serve(settings: ServerSettings, started_at: float) -> None:
     _quiet_progress_bars()
     engine = build_engine(settings)
     check_startup_adapters(engine, settings)
+    # Load the models now: a bad --model, --doctor-base or --max-model-len fails here with one line
+    # (cli.py), not as a traceback from inside uvicorn's lifespan. The engine's thread is not tied
+    # to this event loop, so the app's lifespan later finds it running.
+    asyncio.run(engine.start())
     app = create_app(settings, engine, started_at=started_at)
     config = uvicorn.Config(
         app,

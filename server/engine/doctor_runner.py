@@ -52,5 +52,10 @@ class DoctorRunner:
         rows = [result.index[self.key(request_id, name)] for name in doctors]
         return logprobs_from_logits(result.logits[rows])
 
-    def leave(self, request_id: str, doctors: Iterable[str]) -> None:
-        self.rows.remove([self.key(request_id, name) for name in doctors])
+    def row_keys(self, requests: Iterable[tuple[str, Iterable[str]]]) -> list[tuple[str, str, str]]:
+        """The rows of (request id, doctors) pairs: what to remove when those requests end."""
+        return [self.key(request_id, name) for request_id, doctors in requests for name in doctors]
+
+    def leave(self, requests: Iterable[tuple[str, Iterable[str]]]) -> None:
+        """Drop the doctor rows of (request id, doctors) pairs, in one cache compaction."""
+        self.rows.remove(self.row_keys(requests))

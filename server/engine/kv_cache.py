@@ -52,7 +52,7 @@ class _PaddedLayer(CacheLayerMixin):
         keep = slice(shift, self.owner.length)
         for name in ("keys", "values"):
             old = getattr(self, name)
-            old = old if rows is None else old.index_select(0, rows)
+            old = old if rows is None else old.index_select(0, rows.to(old.device))
             new = old.new_zeros((old.shape[0], old.shape[1], capacity, old.shape[3]))
             new[:, :, : self.owner.length - shift] = old[:, :, keep]
             setattr(self, name, new)

@@ -31,6 +31,10 @@ class LoraHost:
     def config(self):
         return self.base.config
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.base.parameters()).device
+
     def names(self) -> list[str]:
         return [] if self.peft is None else [n for n in self.peft.peft_config]
 

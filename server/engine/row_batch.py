@@ -45,6 +45,7 @@ class RowBatch:
 
     def __init__(self, host: LoraHost, pad_token_id: int = 0, dtype: torch.dtype = torch.float32):
         self.host = host
+        self.device = host.device  # inputs go here; row bookkeeping (starts, masks built) stays on the CPU
         self.pad_token_id = pad_token_id
         self.dtype = dtype
         self.keys: list[Hashable] = []
@@ -93,6 +94,9 @@ class RowBatch:
         self.keys = [self.keys[i] for i in keep]
         self.adapters = [self.adapters[i] for i in keep]
 
+    def _on_device(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        return [t.to(self.device, non_blocking=True) for t in tensors]
+
     def _new_cache(self, rows: int, capacity: int = 256) -> RowKVCache:
         return RowKVCache(self.host.config.num_hidden_layers, rows, capacity)
 
@@ -104,7 +108,7 @@ class RowBatch:
         columns = torch.arange(cache.length + 1)
         allowed = columns.unsqueeze(0) >= cache.starts.unsqueeze(1)  # (B, K)
         mask = additive_mask(allowed[:, None, None, :], self.dtype)  # (B, 1, 1, K)
-        logits = self.host.forward(input_ids, mask, positions, cache, self.adapters)
+        logits = self.host.forward(*self._on_device(input_ids, mask, positions), cache, self.adapters)
         cache.advance(1)
         return logits
 
@@ -121,6 +125,6 @@ class RowBatch:
         mask = additive_mask(allowed.unsqueeze(1), self.dtype)  # (N, 1, T, K)
         cache = self._new_cache(len(prompts), capacity=length + 64)
         cache.starts = pads
-        logits = self.host.forward(input_ids, mask, positions, cache, adapters)
+        logits = self.host.forward(*self._on_device(input_ids, mask, positions), cache, adapters)
         cache.advance(length)
         return logits, cache

@@ -53,3 +53,20 @@ def top_logprobs(logprobs: torch.Tensor, k: int) -> tuple[tuple[int, float], ...
         return ()
     values, ids = torch.topk(logprobs, k)
     return tuple(zip(ids.tolist(), values.tolist()))
+
+
+def sample_rows(
+    logprobs: torch.Tensor,  # (R, V) the rule's log-probs, one row per request, on any device
+    temperatures: list[float],
+    top_ks: list[int],
+    top_ps: list[float],
+    generators: list[torch.Generator],  # CPU generators: a seed gives the same tokens on any device
+) -> list[int]:
+    """One token per row. Greedy rows cost one batched argmax; sampled rows move to the CPU once."""
+    tokens = logprobs.argmax(dim=-1).tolist()
+    sampled = [i for i, t in enumerate(temperatures) if t > 0.0]
+    if sampled:
+        rows = logprobs[sampled].float().cpu()
+        for row, i in zip(rows, sampled):
+            tokens[i] = sample_next_token(row, temperatures[i], top_ks[i], top_ps[i], generators[i])
+    return tokens

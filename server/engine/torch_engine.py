@@ -36,7 +36,7 @@ from llmdoctor.server.engine.protocol import (
     TokenLogprob,
 )
 from llmdoctor.server.engine.row_batch import RowBatch, StepLogits, StepPlan
-from llmdoctor.server.engine.sampling import sample_next_token, top_logprobs
+from llmdoctor.server.engine.sampling import sample_rows, top_logprobs
 from llmdoctor.server.engine.sequence import Sequence
 from llmdoctor.server.errors import (
     ContextOverflowError,
@@ -299,51 +299,51 @@ class TorchEngine:
         patient = self.patient_rows.step(patient_plan)
         doctor = patient if self.doctors.shared else self.doctors.step(doctor_plan)
         patient_logprobs = logprobs_from_logits(patient.logits)  # (N, V), every row of the patient batch
-        # 3) the rule, sampling, events
+        # 3) the rule per request, then one batched draw
+        seqs = list(self._running.values())
+        rule = torch.stack([self._rule_logprobs(seq, patient_logprobs[patient.index[seq.id]], doctor) for seq in seqs])
+        params = [seq.request.sampling for seq in seqs]
+        tokens = sample_rows(rule, [p.temperature for p in params], [p.top_k for p in params],
+                             [p.top_p for p in params], [seq.generator for seq in seqs])
+        # 4) emit; finished requests leave the batch together (one cache compaction)
         finished = []
-        for seq in list(self._running.values()):
-            logprobs = patient_logprobs[patient.index[seq.id]]
-            if not seq.request.guidance.is_plain:
-                logprobs = self._apply_rule(seq, logprobs, doctor)
-            if self._advance(seq, logprobs):
+        for i, (seq, token) in enumerate(zip(seqs, tokens)):
+            seq.output.append(token)
+            finish = seq.finish_reason(token)
+            seq.emit((token,), _logprob_info(rule[i], token, params[i].logprobs), finish)
+            if finish is not None:
                 finished.append(seq)
+        self._release(finished)
         self._steps += 1
-        # 4) finished requests leave the batch
-        for seq in finished:
-            self._release(seq)
+        self._generated += len(seqs)
 
-    def _apply_rule(self, seq: Sequence, patient_logprobs: torch.Tensor, doctor: StepLogits | None) -> torch.Tensor:
+    def _rule_logprobs(self, seq: Sequence, patient_logprobs: torch.Tensor, doctor: StepLogits | None) -> torch.Tensor:
+        """The decode rule for one request, (V,); the patient's own log-probs when unguided."""
+        if seq.request.guidance.is_plain:
+            return patient_logprobs
         if seq.doctors:
             doctor_logprobs = self.doctors.logprobs(doctor, seq.id, seq.doctors)  # (D, V)
         else:
             doctor_logprobs = patient_logprobs.new_zeros((0, patient_logprobs.shape[-1]))
-        return combine_logprobs(patient_logprobs, doctor_logprobs, seq.request.guidance.alpha, seq.betas)
+        betas = seq.betas.to(patient_logprobs.device)
+        return combine_logprobs(patient_logprobs, doctor_logprobs, seq.request.guidance.alpha, betas)
 
-    def _advance(self, seq: Sequence, logprobs: torch.Tensor) -> bool:
-        """Sample one token for `seq`, emit it; True when the request is done."""
-        s = seq.request.sampling
-        token = sample_next_token(logprobs, s.temperature, s.top_k, s.top_p, seq.generator)
-        seq.output.append(token)
-        self._generated += 1
-        info = None
-        if s.logprobs is not None:
-            info = (TokenLogprob(token, float(logprobs[token]), top_logprobs(logprobs, s.logprobs)),)
-        finish = seq.finish_reason(token)
-        seq.emit((token,), info, finish)
-        return finish is not None
-
-    def _release(self, seq: Sequence) -> None:
-        """Remove a request's rows and bookkeeping; free adapters whose unload waited on it."""
-        self._running.pop(seq.id, None)
-        if seq.admitted:
-            self.patient_rows.remove([seq.id])
-            self.doctors.leave(seq.id, seq.doctors)
-        with self._lock:
-            self._all.pop(seq.id, None)
-        for name in self.table.unpin(seq.pinned):
-            kind = "patient" if name == seq.request.adapter else "doctor"
-            host = self.patient_rows.host if kind == "patient" else self.doctors.host
-            host.unload(name)
+    def _release(self, seqs: list[Sequence]) -> None:
+        """Remove requests' rows and bookkeeping; free adapters whose unload waited on them."""
+        admitted = [seq for seq in seqs if seq.admitted]
+        doctor_rows = [(seq.id, seq.doctors) for seq in admitted]
+        if self.doctors.shared:  # one compaction of the shared cache
+            self.patient_rows.remove([seq.id for seq in admitted] + self.doctors.row_keys(doctor_rows))
+        else:
+            self.patient_rows.remove([seq.id for seq in admitted])
+            self.doctors.leave(doctor_rows)
+        for seq in seqs:
+            self._running.pop(seq.id, None)
+            with self._lock:
+                self._all.pop(seq.id, None)
+            for name in self.table.unpin(seq.pinned):
+                host = self.patient_rows.host if name == seq.request.adapter else self.doctors.host
+                host.unload(name)
 
     def _abort(self, request_id: str, error: str | None) -> None:
         seq = self._all.get(request_id)
@@ -352,20 +352,28 @@ class TorchEngine:
         if seq in self._waiting:
             self._waiting.remove(seq)
         seq.emit((), finish="abort", error=error)
-        self._release(seq)
+        self._release([seq])
 
     def _abort_everything(self) -> None:
         for request_id in list(self._all):
             self._abort(request_id, "the server is shutting down")
 
     def _fail_running(self, error: str) -> None:
-        for seq in list(self._running.values()):
+        failed = list(self._running.values())
+        for seq in failed:
             seq.emit((), finish="abort", error=error)
-            self._release(seq)
+        self._release(failed)
         # the cache may be half-written: start the rows afresh
         self.patient_rows.remove(list(self.patient_rows.keys))
         if not self.doctors.shared:
             self.doctors.rows.remove(list(self.doctors.rows.keys))
+
+
+def _logprob_info(logprobs: torch.Tensor, token: int, top: int | None) -> tuple[TokenLogprob, ...] | None:
+    """What the request asked to see of the distribution its token was drawn from."""
+    if top is None:
+        return None
+    return (TokenLogprob(token, float(logprobs[token]), top_logprobs(logprobs, top)),)
 
 
 def _wanted_adapters(request: GenerateRequest) -> list[tuple[str, AdapterKind, str]]:

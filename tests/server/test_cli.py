@@ -70,3 +70,11 @@ def test_cli_missing_startup_adapter_exits_2_naming_the_flag(capsys, tmp_path):
 def test_cli_startup_adapter_of_the_wrong_kind_exits_2(capsys, patient_adapter_dir):
     assert main(["serve", "--doctor", f"pirate={patient_adapter_dir}"]) == 2
     assert "patient adapter" in capsys.readouterr().err
+
+
+def test_serve_with_too_long_max_model_len_exits_2_with_one_line(capsys):
+    from llmdoctor.server.cli import main
+
+    assert main(["serve", "--max-model-len", "999999", "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-model-len 999999 exceeds the model's 8192 positions" in err and "Traceback" not in err

@@ -24,6 +24,7 @@ from llmdoctor.server.config import (
     flag_name,
 )
 from llmdoctor.server.errors import LLMDoctorError
+from llmdoctor.training.cli import add_train_arguments, run_train  # stdlib-only at import
 
 EXIT_USAGE = 2
 
@@ -87,8 +88,28 @@ def configure_logging(level: str) -> None:
     )
 
 
+# ------------------------------------------------------------------ data
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """`llmdoctor data ACTION ...`; each action's flags live beside its job (stdlib-only modules)."""
+    from llmdoctor.training.synth import add_synth_arguments
+
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    synth_help = "sample K responses per prompt from the patient, rank them with a scorer, write preferences"
+    add_synth_arguments(actions.add_parser("synth", help=synth_help, description=synth_help))
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from llmdoctor.training.synth import run_synth  # torch loads inside the job
+
+    return {"synth": run_synth}[args.action](args)
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("serve", "run the OpenAI-compatible server", add_settings_arguments, run_serve),
+    Command("data", "build preference data for training (data synth)", add_data_arguments, run_data),
+    Command("train", "train a patient adapter on preference data (train dpo)", add_train_arguments, run_train),
 )
 
 

@@ -25,6 +25,7 @@ from llmdoctor.server.config import (
 )
 from llmdoctor.server.errors import LLMDoctorError
 from llmdoctor.training.cli import add_train_arguments, run_train  # stdlib-only at import
+from llmdoctor.training.merge import add_merge_arguments, run_merge  # stdlib-only at import
 
 EXIT_USAGE = 2
 
@@ -110,6 +111,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("serve", "run the OpenAI-compatible server", add_settings_arguments, run_serve),
     Command("data", "build preference data for training (data synth)", add_data_arguments, run_data),
     Command("train", "train a patient adapter on preference data (train dpo)", add_train_arguments, run_train),
+    Command("merge", "merge a patient adapter into the patient; write a full model", add_merge_arguments, run_merge),
 )
 
 

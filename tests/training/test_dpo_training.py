@@ -23,6 +23,7 @@ from llmdoctor.server.engine.protocol import GenerateRequest, Guidance, Sampling
 from llmdoctor.server.engine.torch_engine import TorchEngine
 from llmdoctor.training import dpo_training
 from tests.adapters import SYSTEM, one_torch_thread
+from tests.live_server import start_server
 
 QUESTIONS = (
     "How is the weather?",
@@ -144,6 +145,40 @@ async def _greedy(engine, tokenizer, question: str, adapter: str | None) -> list
     async for event in engine.generate(request):
         tokens += event.token_ids
     return tokens
+
+
+async def test_train_dpo_adapter_hot_loads_into_a_live_server_and_changes_its_greedy_output(
+    trained, embedded_model, tmp_path
+):
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model.folder)
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTIONS[0]}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    server = start_server(["--adapter-root", str(trained.parent)], tmp_path / "server.log")
+    try:
+        with server.client() as http:
+            loaded = http.post("/v1/adapters", json={"name": "dpo", "path": str(trained), "kind": "patient"})
+            assert loaded.status_code == 200, loaded.text
+
+            def greedy(model: str) -> str:
+                body = {"model": model, "prompt": prompt, "max_tokens": 12, "temperature": 0}
+                response = http.post("/v1/completions", json=body)
+                assert response.status_code == 200, response.text
+                return response.json()["choices"][0]["text"]
+
+            bare, aligned = greedy(embedded_model.name), greedy("dpo")
+    finally:
+        server.stop()
+    assert aligned != bare
+    # the served adapter decodes exactly as the engine does with it loaded in-process
+    engine = TorchEngine(embedded_model, max_batch=4, max_queue=8)
+    with one_torch_thread():
+        await engine.start()
+        await engine.load_adapter("dpo", str(trained), "patient")
+        try:
+            expected = await _greedy(engine, tokenizer, QUESTIONS[0], "dpo")
+        finally:
+            await engine.shutdown(grace_seconds=1)
+    assert aligned == tokenizer.decode(expected, skip_special_tokens=True)
 
 
 class _CtrlCAtStep(TrainerCallback):

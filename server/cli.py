@@ -110,7 +110,7 @@ def run_data(args: argparse.Namespace) -> int:
 COMMANDS: tuple[Command, ...] = (
     Command("serve", "run the OpenAI-compatible server", add_settings_arguments, run_serve),
     Command("data", "build preference data for training (data synth)", add_data_arguments, run_data),
-    Command("train", "train a patient adapter on preference data (train dpo)", add_train_arguments, run_train),
+    Command("train", "train a patient adapter on preference data (train dpo|gdpo)", add_train_arguments, run_train),
     Command("merge", "merge a patient adapter into the patient; write a full model", add_merge_arguments, run_merge),
 )
 

@@ -1,4 +1,4 @@
-"""`llmdoctor train dpo --config FILE [--dry-run] [--device cuda|cpu] [--resume CHECKPOINT]`.
+"""`llmdoctor train dpo|gdpo --config FILE [--dry-run] [--device cuda|cpu] [--resume CHECKPOINT]`.
 
 Exit status: 0 done (or dry run), 2 a config/data/usage error (one message naming the field),
 3 out of memory (with advice on what to change), 130 interrupted by Ctrl+C (after saving a
@@ -16,7 +16,7 @@ from pathlib import Path
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_OOM = 3
-METHODS = ("dpo",)  # gdpo: next step, on the same machinery
+METHODS = ("dpo", "gdpo")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +65,9 @@ def dry_run(config) -> int:
 
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).rstrip())
     tokenizer = load_tokenizer(config, resolve_patient(config))
-    data = load_preferences(config.dataset, config.alignment.method, tokenizer, seed=config.alignment.seed)
+    a = config.alignment
+    group_size = a.group_delay_size if a.method == "gdpo" else None
+    data = load_preferences(config.dataset, a.method, tokenizer, group_size=group_size, seed=a.seed)
     print(data.report.summary())
     print("dry run: nothing trained, nothing written")
     return 0
@@ -75,9 +77,11 @@ def _train(config, args: argparse.Namespace, prog: str) -> int:
     import torch
 
     from llmdoctor.training.dpo_training import TrainingInterrupted, train_dpo
+    from llmdoctor.training.gdpo_training import train_gdpo
 
+    train = {"dpo": train_dpo, "gdpo": train_gdpo}[args.method]
     try:
-        result = train_dpo(config, config.device, args.resume)
+        result = train(config, config.device, args.resume)
     except (torch.OutOfMemoryError, MemoryError):
         print(f"{prog}: out of memory on {config.device}\n{oom_advice(config)}", file=sys.stderr)
         return EXIT_OOM

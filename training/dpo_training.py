@@ -90,13 +90,13 @@ def to_trl_example(record: dict[str, Any], chat: bool) -> dict[str, Any]:
             )
         return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     return {
-        "prompt": _as_messages(prompt, "user"),
-        "chosen": _as_messages(chosen, "assistant"),
-        "rejected": _as_messages(rejected, "assistant"),
+        "prompt": as_messages(prompt, "user"),
+        "chosen": as_messages(chosen, "assistant"),
+        "rejected": as_messages(rejected, "assistant"),
     }
 
 
-def _as_messages(value: str | list[dict[str, str]], role: str) -> list[dict[str, str]]:
+def as_messages(value: str | list[dict[str, str]], role: str) -> list[dict[str, str]]:
     return [{"role": role, "content": value}] if isinstance(value, str) else value
 
 
@@ -201,15 +201,22 @@ def train_dpo(config: TrainingConfig, device: str = "cpu", resume: Path | None =
     data = load_preferences(config.dataset, "dpo", tokenizer, seed=config.alignment.seed)
     # 2) trainer: peft LoRA on the base, reference = adapter disabled
     trainer = build_trainer(config, device, data, model, tokenizer)
-    # 3) train; Ctrl+C saves a checkpoint first
+    # 3) train, save the adapter folder
+    return run_trainer(trainer, config, model.name, len(data.train), resume)
+
+
+def run_trainer(trainer, config: TrainingConfig, served_name: str, train_rows: int, resume: Path | None) -> TrainResult:
+    """Train `trainer` (any HF Trainer logging `rewards/*`), then write the adapter folder; shared by
+    DPO and GDPO. Ctrl+C saves a checkpoint first and raises TrainingInterrupted."""
+    # 1) train; Ctrl+C saves a checkpoint first
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except KeyboardInterrupt:
         _close_progress(trainer)
         raise TrainingInterrupted(save_interrupt_checkpoint(trainer), trainer.state.global_step) from None
-    # 4) the adapter folder the server loads
-    metrics = final_metrics(trainer.state, steps_per_epoch(config, len(data.train)))
-    save_adapter(trainer, Path(config.alignment.output_dir), model.name, metrics)
+    # 2) the adapter folder the server loads
+    metrics = final_metrics(trainer.state, steps_per_epoch(config, train_rows))
+    save_adapter(trainer, Path(config.alignment.output_dir), served_name, metrics, config.alignment.method)
     return TrainResult(Path(config.alignment.output_dir), metrics)
 
 
@@ -218,7 +225,7 @@ def steps_per_epoch(config: TrainingConfig, train_rows: int) -> int:
     return max(1, math.ceil(math.ceil(train_rows / a.batch_size) / a.gradient_accumulation_steps))
 
 
-def save_interrupt_checkpoint(trainer: DPOTrainer) -> Path | None:
+def save_interrupt_checkpoint(trainer) -> Path | None:
     """A full HF checkpoint (adapter, optimizer, scheduler, RNG, trainer state) at the last finished
     step, as `save_steps` would have written it; None when no step has finished."""
     step = trainer.state.global_step
@@ -260,18 +267,18 @@ def _mean(logs: list[dict], key: str) -> float | None:
     return round(sum(values) / len(values), 6) if values else None
 
 
-def save_adapter(trainer: DPOTrainer, folder: Path, served_name: str, metrics: dict) -> Path:
+def save_adapter(trainer, folder: Path, served_name: str, metrics: dict, method: str = "dpo") -> Path:
     """peft folder (safetensors) + llmdoctor.json naming the served model as base."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     # peft records the cache folder it loaded from; the server matches on the served name.
     model.peft_config["default"].base_model_name_or_path = served_name
     # save_embedding_layers=False: "auto" would ask the Hub whether the vocabulary changed.
     model.save_pretrained(folder, save_embedding_layers=False)
-    write_adapter_metadata(folder, "patient", served_name, "dpo", metrics=metrics)
+    write_adapter_metadata(folder, "patient", served_name, method, metrics=metrics)
     return folder
 
 
-def _close_progress(trainer: DPOTrainer) -> None:
+def _close_progress(trainer) -> None:
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
             callback.training_bar.close()

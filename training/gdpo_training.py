@@ -1,0 +1,235 @@
+"""GDPO patient adapters: a `transformers.Trainer` over ranked groups, on the DPO run machinery.
+
+    result = train_gdpo(load_config("gdpo.yaml"), device="cpu")   # -> TrainResult
+
+Everything but the step is `dpo_training`'s: the LoRA, the base model, arguments, callbacks
+(progress bar, metrics.jsonl), checkpoints, Ctrl+C, resume, final metrics and the adapter folder.
+What is new here:
+
+- **Data.** Each row (a prompt and K responses, best first; K may differ between rows, 2 <= K <=
+  group_delay_size) is tokenised once into `prompt_ids` and K `response_ids` (`tokenize_group`).
+  `GroupCollator` flattens a batch of groups into sum(K) right-padded sequences with a completion
+  mask, plus each group's K. No dummy responses: groups of different K share one forward pass and
+  are only regrouped by K for the loss, so a padded slot can never enter a ranking.
+- **Step.** `GroupPreferenceTrainer.compute_loss`: token-summed log-probs of every response with the
+  adapter on (policy) and off (reference, `disable_adapter()` under no_grad: the frozen base, no
+  second copy), then `losses.preference_loss` per K-subgroup; the batch loss is the mean over groups.
+  Metrics go out under DPO's `rewards/*` keys, so progress bar and metrics.jsonl are unchanged.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from peft import get_peft_model
+from transformers import ProgressCallback, Trainer, set_seed
+
+from llmdoctor.server.model_store import ResolvedModel
+from llmdoctor.training import dpo_training
+from llmdoctor.training.callbacks import MetricsJsonlCallback, PreferenceProgressCallback
+from llmdoctor.training.config import ConfigError, TrainingConfig
+from llmdoctor.training.data import PreferenceData, load_preferences
+from llmdoctor.training.losses import preference_loss
+
+# LossOutput.metrics field -> the key TRL's DPOTrainer logs it under (callbacks.py reads these).
+METRIC_KEYS = {
+    "reward_accuracy": "rewards/accuracies",
+    "margin": "rewards/margins",
+    "chosen_reward": "rewards/chosen",
+    "rejected_reward": "rewards/rejected",
+    "best_over_worst": "rewards/best_over_worst",
+}
+
+
+# ---- data -------------------------------------------------------------------------------------------
+
+
+def tokenize_group(record: dict[str, Any], tokenizer, chat: bool) -> dict[str, Any]:
+    """{"prompt_ids": [...], "response_ids": [[...] x K]} for one row, best response first.
+
+    With a chat template the prompt is the templated conversation with a generation prompt, and a
+    response is what the template adds after it for one assistant turn (its end-of-turn included);
+    without one, plain text and EOS after each response (as TRL does for DPO).
+    """
+    prompt, responses = record["prompt"], record["responses"]
+    if not chat:
+        if any(isinstance(value, list) for value in (prompt, *responses)):
+            dpo_training.to_trl_example(record, chat=False)  # raises the DPO ConfigError
+        prompt_text, completions = prompt, [response + tokenizer.eos_token for response in responses]
+    else:
+        messages = dpo_training.as_messages(prompt, "user")
+        prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        completions = []
+        for response in responses:
+            full = tokenizer.apply_chat_template(
+                messages + dpo_training.as_messages(response, "assistant"), tokenize=False
+            )
+            if not full.startswith(prompt_text):
+                raise ConfigError(
+                    "model.base_model: the tokenizer's chat template does not render a conversation as its "
+                    "generation prompt plus the reply, so the reply tokens cannot be told apart; use a tokenizer "
+                    "whose template does (set model.base_model)",
+                    field="model.base_model",
+                )
+            completions.append(full[len(prompt_text):])
+    # add_special_tokens=False: the template (or the EOS above) already placed every special token
+    prompt_ids, *response_ids = tokenizer([prompt_text, *completions], add_special_tokens=False)["input_ids"]
+    return {"prompt_ids": prompt_ids, "response_ids": response_ids}
+
+
+def group_dataset(rows: list, tokenizer, chat: bool) -> Dataset:
+    """Tokenised groups (columns prompt_ids, response_ids) in file order."""
+    return Dataset.from_list([tokenize_group(row.to_record(), tokenizer, chat) for row in rows])
+
+
+class GroupCollator:
+    """Groups -> one right-padded batch of all their responses.
+
+    Returns input_ids / attention_mask / completion_mask, each (N, T) with N = sum of the groups' K
+    (group g's responses are rows offset_g .. offset_g + K_g - 1, best first), and group_sizes (B,).
+    """
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        sequences, completions = [], []
+        for feature in features:
+            for response in feature["response_ids"]:
+                sequences.append(list(feature["prompt_ids"]) + list(response))
+                completions.append([0] * len(feature["prompt_ids"]) + [1] * len(response))
+        width = max(map(len, sequences))
+        return {
+            "input_ids": right_pad(sequences, self.pad_token_id, width),
+            "attention_mask": right_pad([[1] * len(s) for s in sequences], 0, width),
+            "completion_mask": right_pad(completions, 0, width),
+            "group_sizes": torch.tensor([len(f["response_ids"]) for f in features]),
+        }
+
+
+def right_pad(rows: list[list[int]], fill: int, width: int) -> torch.Tensor:
+    """(len(rows), width) long tensor, each row padded on the right with `fill`."""
+    return torch.tensor([row + [fill] * (width - len(row)) for row in rows])
+
+
+# ---- the step ---------------------------------------------------------------------------------------
+
+
+def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """Sum of completion-token log-probs per sequence, (N,), from logits (N, T, V) and ids/mask (N, T)."""
+    targets, mask = input_ids[:, 1:], completion_mask[:, 1:].float()  # token t+1 is predicted at t
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (logps * mask).sum(-1)  # (N,)
+
+
+def regroup_by_k(values: torch.Tensor, group_sizes: list[int]) -> dict[int, torch.Tensor]:
+    """Per-sequence values (N,) -> {K: (B_K, K)} with the groups of each size K, in batch order."""
+    by_k: dict[int, list[torch.Tensor]] = defaultdict(list)
+    for group in torch.split(values, group_sizes):
+        by_k[len(group)].append(group)
+    return {k: torch.stack(groups) for k, groups in by_k.items()}
+
+
+class GroupPreferenceTrainer(Trainer):
+    """HF Trainer whose step is the GDPO loss on ranked groups (module docstring)."""
+
+    def __init__(self, *args, config: TrainingConfig, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.alignment = config.alignment
+        # our loss is a mean over groups: let the Trainer divide it by the accumulation steps
+        self.model_accepts_loss_kwargs = False
+        self._logged: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        a = self.alignment
+        sizes = inputs["group_sizes"].tolist()
+        forward = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+        # 1) policy log-probs, adapter on (N,)
+        policy = sequence_logps(model(**forward).logits, inputs["input_ids"], inputs["completion_mask"])
+        # 2) reference log-probs, adapter off: the frozen base (N,)
+        with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
+            reference = sequence_logps(model(**forward).logits, inputs["input_ids"], inputs["completion_mask"])
+        # 3) the GDPO loss per K, batch mean over groups; metrics weighted by each K's group count
+        lengths = inputs["completion_mask"].sum(-1).float()  # (N,) response token counts, for ipo
+        groups = zip(*(regroup_by_k(v, sizes).values() for v in (policy, reference, lengths)), strict=True)
+        total, stats = 0.0, defaultdict(float)
+        for policy_k, reference_k, lengths_k in groups:  # each (B_K, K)
+            out = preference_loss(
+                policy_k, reference_k, beta=a.beta, loss_type=a.loss_type,
+                group_delay_weight=a.group_delay_weight, lengths=lengths_k,
+            )
+            total = total + out.per_example.sum()
+            for field, key in METRIC_KEYS.items():
+                stats[key] += getattr(out.metrics, field) * len(policy_k) / len(sizes)
+        mode = "train" if model.training else "eval"
+        for key, value in stats.items():
+            self._logged[mode][key].append(value)
+        loss = total / len(sizes)
+        return (loss, {}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Eval: the loss only (our batches have no labels for the stock prediction step)."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """Add the stored `rewards/*` means (since the last log) to a train or eval log, as TRL does."""
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        if mode == "eval" or "loss" in logs:
+            stored = self._logged[mode]
+            logs.update({prefix + key: sum(values) / len(values) for key, values in stored.items() if values})
+            stored.clear()
+        super().log(logs, *args, **kwargs)
+
+
+# ---- the run ----------------------------------------------------------------------------------------
+
+
+def build_trainer(config: TrainingConfig, device: str, data: PreferenceData, model: ResolvedModel, tokenizer):
+    """A GroupPreferenceTrainer on a LoRA-wrapped base with DPO's arguments and callbacks."""
+    if not config.alignment.use_lora:
+        raise ConfigError(
+            "alignment.use_lora: false (full fine-tuning) is not supported yet; use use_lora: true "
+            "(the server hot-loads LoRA adapters and GDPO's reference is the base with the adapter off)",
+            field="alignment.use_lora",
+        )
+    chat = tokenizer.chat_template is not None
+    args = dpo_training.dpo_arguments(config, device, bool(data.validation))
+    args.remove_unused_columns = False  # the collator reads prompt_ids / response_ids
+    args.label_names = []
+    set_seed(config.alignment.seed)  # LoRA A is drawn from torch's RNG: same seed, same start weights
+    policy = get_peft_model(dpo_training.load_policy(model, device), dpo_training.lora_config(config))
+    trainer = GroupPreferenceTrainer(
+        model=policy,
+        args=args,
+        train_dataset=group_dataset(data.train, tokenizer, chat),
+        eval_dataset=group_dataset(data.validation, tokenizer, chat) if data.validation else None,
+        data_collator=GroupCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[MetricsJsonlCallback(Path(config.alignment.output_dir) / dpo_training.METRICS_FILE)],
+        config=config,
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(PreferenceProgressCallback())
+    return trainer
+
+
+def train_gdpo(config: TrainingConfig, device: str = "cpu", resume: Path | None = None) -> dpo_training.TrainResult:
+    """Train, save the adapter folder (method gdpo), return its metrics. Errors as `train_dpo`."""
+    # 1) model, tokenizer and ranked groups (data errors surface here, before the model loads)
+    model = dpo_training.resolve_patient(config)
+    tokenizer = dpo_training.load_tokenizer(config, model)
+    data = load_preferences(
+        config.dataset, "gdpo", tokenizer, group_size=config.alignment.group_delay_size, seed=config.alignment.seed
+    )
+    # 2) trainer: peft LoRA on the base, reference = adapter disabled
+    trainer = build_trainer(config, device, data, model, tokenizer)
+    # 3) train, save the adapter folder (DPO's machinery)
+    return dpo_training.run_trainer(trainer, config, model.name, len(data.train), resume)

@@ -161,14 +161,20 @@ def load_policy(model: ResolvedModel, device: str):
     return policy.to("cuda" if device == "cuda" else "cpu")
 
 
-def build_trainer(config: TrainingConfig, device: str, data: PreferenceData, model: ResolvedModel, tokenizer):
-    """A DPOTrainer with our callbacks in place of the stock progress printer."""
+def require_lora(config: TrainingConfig) -> None:
+    """Both trainers take their reference from the base with the adapter off, and the server hot-loads
+    LoRA adapters only: full fine-tuning is refused until it has a reference of its own."""
     if not config.alignment.use_lora:
         raise ConfigError(
             "alignment.use_lora: false (full fine-tuning) is not supported yet; use use_lora: true "
-            "(the server hot-loads LoRA adapters only)",
+            "(the server hot-loads LoRA adapters, and the reference is the base with the adapter off)",
             field="alignment.use_lora",
         )
+
+
+def build_trainer(config: TrainingConfig, device: str, data: PreferenceData, model: ResolvedModel, tokenizer):
+    """A DPOTrainer with our callbacks in place of the stock progress printer."""
+    require_lora(config)
     chat = tokenizer.chat_template is not None
     output_dir = Path(config.alignment.output_dir)
     trainer = DPOTrainer(

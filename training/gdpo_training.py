@@ -194,12 +194,7 @@ class GroupPreferenceTrainer(Trainer):
 
 def build_trainer(config: TrainingConfig, device: str, data: PreferenceData, model: ResolvedModel, tokenizer):
     """A GroupPreferenceTrainer on a LoRA-wrapped base with DPO's arguments and callbacks."""
-    if not config.alignment.use_lora:
-        raise ConfigError(
-            "alignment.use_lora: false (full fine-tuning) is not supported yet; use use_lora: true "
-            "(the server hot-loads LoRA adapters and GDPO's reference is the base with the adapter off)",
-            field="alignment.use_lora",
-        )
+    dpo_training.require_lora(config)
     chat = tokenizer.chat_template is not None
     args = dpo_training.dpo_arguments(config, device, bool(data.validation))
     args.remove_unused_columns = False  # the collator reads prompt_ids / response_ids

@@ -5,9 +5,8 @@ from llmdoctor.server.api.engine_factory import build_engine, torch_placement
 from llmdoctor.server.config import ConfigError, ServerSettings
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="auto picks cuda where a GPU is visible")
 def test_placement_auto_on_a_cpu_machine_is_cpu_float32():
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
     assert torch_placement(ServerSettings()) == {"device": "cpu", "dtype": torch.float32}
 
 
@@ -15,9 +14,8 @@ def test_placement_explicit_dtype_is_kept():
     assert torch_placement(ServerSettings(device="cpu", dtype="bfloat16"))["dtype"] is torch.bfloat16
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal when CUDA is missing")
 def test_placement_cuda_without_a_gpu_is_a_config_error():
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
     with pytest.raises(ConfigError, match="--device cuda"):
         torch_placement(ServerSettings(device="cuda"))
 

@@ -301,7 +301,11 @@ class TorchEngine:
         patient_logprobs = logprobs_from_logits(patient.logits)  # (N, V), every row of the patient batch
         # 3) the rule per request, then one batched draw
         seqs = list(self._running.values())
-        rule = torch.stack([self._rule_logprobs(seq, patient_logprobs[patient.index[seq.id]], doctor) for seq in seqs])
+        rows = torch.tensor([patient.index[seq.id] for seq in seqs], device=patient_logprobs.device)
+        rule = patient_logprobs.index_select(0, rows)  # (R, V): unguided rows are the patient's own
+        for i, seq in enumerate(seqs):
+            if not seq.request.guidance.is_plain:
+                rule[i] = self._rule_logprobs(seq, rule[i], doctor)
         params = [seq.request.sampling for seq in seqs]
         tokens = sample_rows(rule, [p.temperature for p in params], [p.top_k for p in params],
                              [p.top_p for p in params], [seq.generator for seq in seqs])
@@ -318,9 +322,7 @@ class TorchEngine:
         self._generated += len(seqs)
 
     def _rule_logprobs(self, seq: Sequence, patient_logprobs: torch.Tensor, doctor: StepLogits | None) -> torch.Tensor:
-        """The decode rule for one request, (V,); the patient's own log-probs when unguided."""
-        if seq.request.guidance.is_plain:
-            return patient_logprobs
+        """The decode rule for one guided request, (V,)."""
         if seq.doctors:
             doctor_logprobs = self.doctors.logprobs(doctor, seq.id, seq.doctors)  # (D, V)
         else:

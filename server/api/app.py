@@ -29,6 +29,7 @@ from llmdoctor.server.api.engine_factory import build_engine
 from llmdoctor.server.api.errors import install_error_handlers
 from llmdoctor.server.api.generation import GenerationService
 from llmdoctor.server.api.metrics import RequestCountMiddleware, ServerMetrics
+from llmdoctor.server.api.openapi import install_openapi
 from llmdoctor.server.api.prompts import PromptTokenizer
 from llmdoctor.server.api.serving_adapters import AdaptersService
 from llmdoctor.server.api.serving_chat import ChatService
@@ -70,6 +71,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None, *, starte
     install_error_handlers(app)
     for module in ROUTERS:
         app.include_router(module.router)
+    install_openapi(app)
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
     app.add_middleware(RequestCountMiddleware, metrics=metrics)  # added last = outermost: counts 401s too

@@ -12,6 +12,7 @@ import math
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmdoctor.server.api.disconnect import ClientDisconnected
@@ -34,11 +35,25 @@ class RequestTimeoutError(LLMDoctorError):
     type = "timeout_error"
 
 
+class ErrorInfo(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, not_found_error, server_overloaded ...")
+    param: str | None = Field(None, description="the request field at fault, e.g. guidance.doctors[0].name")
+    code: int = Field(description="the HTTP status (mid-stream too, where no status line tells it)")
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer's body, and the JSON of an error event mid-stream."""
+
+    error: ErrorInfo
+
+
 _HTTP_TYPES = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}
 
 
 def error_payload(message: str, err_type: str, status: int, param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
+    """An ErrorResponse as JSON-ready dict."""
+    return ErrorResponse(error=ErrorInfo(message=message, type=err_type, param=param, code=status)).model_dump()
 
 
 def payload_for(exc: BaseException) -> tuple[int, dict]:

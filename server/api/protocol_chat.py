@@ -141,8 +141,9 @@ class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
 
+    # No return annotation: with `-> dict` the OpenAPI (serialization) schema would lose the fields.
     @model_serializer(mode="wrap")
-    def _drop_unset(self, handler) -> dict:
+    def _drop_unset(self, handler):
         return {k: v for k, v in handler(self).items() if v is not None}
 
 

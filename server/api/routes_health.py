@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from llmdoctor.server.api.dependencies import ServicesDep
-from llmdoctor.server.api.errors import error_payload
+from llmdoctor.server.api.openapi import error_responses
+from llmdoctor.server.api.protocol_health import HealthStatus
+from llmdoctor.server.errors import EngineDeadError
 
 router = APIRouter()
 
 
-@router.get("/health")
-async def health(services: ServicesDep) -> JSONResponse:
+NOT_READY = {503: "Not ready: the server is shutting down or its engine is not running (`error.message` says which)"}
+
+
+@router.get("/health", response_model=HealthStatus, responses=error_responses(503, described=NOT_READY),
+            response_description="Ready: the engine loop runs and the server admits requests")
+async def health(services: ServicesDep) -> HealthStatus:
     """200 while the engine loop runs and the server admits requests; 503 otherwise."""
     if services.generation.draining:
-        return JSONResponse(error_payload("shutting down", "service_unavailable", 503), status_code=503)
+        raise EngineDeadError("shutting down")
     if not services.engine.healthy:
-        return JSONResponse(error_payload("the engine loop is not running", "service_unavailable", 503), 503)
-    return JSONResponse({"status": "ok"})
+        raise EngineDeadError("the engine loop is not running")
+    return HealthStatus()
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse,
+            response_description="Prometheus text exposition format (`Content-Type: " + CONTENT_TYPE_LATEST + "`)")
 async def metrics(services: ServicesDep) -> Response:
     return Response(services.metrics.render(services.engine), media_type=CONTENT_TYPE_LATEST)

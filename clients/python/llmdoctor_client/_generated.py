@@ -1,0 +1,324 @@
+"""Generated from the llmdoctor server's OpenAPI document; do not edit.
+
+Refresh: python -m llmdoctor_client._codegen
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+
+class AdapterCard(BaseModel):
+    object: Annotated[Literal["adapter"], Field(title="Object")] = "adapter"
+    name: Annotated[str, Field(title="Name")]
+    kind: Annotated[Literal["patient", "doctor"], Field(title="Kind")]
+    path: Annotated[str, Field(title="Path")]
+    base_model: Annotated[str, Field(title="Base Model")]
+    rank: Annotated[int, Field(title="Rank")]
+    meta: Annotated[dict[str, Any] | None, Field(title="Meta")] = None
+
+
+class AdapterDeleted(BaseModel):
+    object: Annotated[Literal["adapter.deleted"], Field(title="Object")] = "adapter.deleted"
+    name: Annotated[str, Field(title="Name")]
+    deleted: Annotated[bool | None, Field(title="Deleted")] = True
+
+
+class AdapterList(BaseModel):
+    object: Annotated[Literal["list"], Field(title="Object")] = "list"
+    data: Annotated[list[AdapterCard], Field(title="Data")]
+
+
+class Seed(RootModel[int]):
+    root: Annotated[int, Field(ge=-9223372036854776000, lt=18446744073709552000, title="Seed")]
+
+
+class StopItem(RootModel[str]):
+    root: Annotated[str, Field(min_length=1)]
+
+
+class StopTokenId(RootModel[int]):
+    root: Annotated[int, Field(ge=0)]
+
+
+class MaxTokens(RootModel[int]):
+    root: Annotated[int, Field(ge=1, title="Max Tokens")]
+
+
+class MaxCompletionTokens(RootModel[int]):
+    root: Annotated[int, Field(ge=1, title="Max Completion Tokens")]
+
+
+class TopLogprobs(RootModel[int]):
+    root: Annotated[int, Field(ge=0, le=20, title="Top Logprobs")]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    role: Annotated[Literal["system", "developer", "user", "assistant"], Field(title="Role")]
+    content: Annotated[str, Field(title="Content")]
+    name: Annotated[str | None, Field(title="Name")] = None
+
+
+class ChatMessageOut(BaseModel):
+    role: Annotated[Literal["assistant"], Field(title="Role")] = "assistant"
+    content: Annotated[str, Field(title="Content")]
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: Annotated[list[str] | None, Field(title="Tokens")] = None
+    token_logprobs: Annotated[list[float] | None, Field(title="Token Logprobs")] = None
+    top_logprobs: Annotated[list[dict[str, float]] | None, Field(title="Top Logprobs")] = None
+    text_offset: Annotated[list[int] | None, Field(title="Text Offset")] = None
+
+
+class Logprobs(RootModel[int]):
+    root: Annotated[int, Field(ge=0, le=20, title="Logprobs")]
+
+
+class DoctorWeightSchema(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    name: Annotated[str, Field(min_length=1, title="Name")]
+    beta: Annotated[float, Field(title="Beta")]
+
+
+class ErrorInfo(BaseModel):
+    message: Annotated[str, Field(title="Message")]
+    type: Annotated[
+        str, Field(description="invalid_request_error, not_found_error, server_overloaded ...", title="Type")
+    ]
+    param: Annotated[
+        str | None, Field(description="the request field at fault, e.g. guidance.doctors[0].name", title="Param")
+    ] = None
+    code: Annotated[
+        int, Field(description="the HTTP status (mid-stream too, where no status line tells it)", title="Code")
+    ]
+
+
+class ErrorResponse(BaseModel):
+    """
+    Every error answer's body, and the JSON of an error event mid-stream.
+    """
+
+    error: ErrorInfo
+
+
+class GuidanceSchema(BaseModel):
+    """
+    The extension field: `{"alpha": 1.0, "doctors": [{"name": "helpful", "beta": 0.8}]}`.
+
+    `doctors` may also be a mapping `{"helpful": 0.8}`.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    alpha: Annotated[float | None, Field(title="Alpha")] = 1.0
+    doctors: Annotated[list[DoctorWeightSchema] | None, Field(title="Doctors")] = None
+
+
+class HealthStatus(BaseModel):
+    """
+    200: the engine loop runs and the server admits requests. Otherwise a 503 ErrorResponse,
+    type `service_unavailable`: "shutting down" (draining) or "the engine loop is not running".
+    """
+
+    status: Annotated[Literal["ok"], Field(title="Status")] = "ok"
+
+
+class LoadAdapterRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    name: Annotated[str, Field(description="1-64 letters, digits, '.', '_' or '-'", title="Name")]
+    path: Annotated[
+        str, Field(description="adapter folder on the server, under an --adapter-root", min_length=1, title="Path")
+    ]
+    kind: Annotated[Literal["patient", "doctor"], Field(title="Kind")]
+
+
+class ModelCard(BaseModel):
+    id: Annotated[str, Field(title="Id")]
+    object: Annotated[Literal["model"], Field(title="Object")] = "model"
+    created: Annotated[int | None, Field(title="Created")] = None
+    owned_by: Annotated[str | None, Field(title="Owned By")] = "llmdoctor"
+    kind: Annotated[Literal["patient", "patient_adapter", "doctor"], Field(title="Kind")]
+    parent: Annotated[str | None, Field(title="Parent")] = None
+    max_model_len: Annotated[int | None, Field(title="Max Model Len")] = None
+
+
+class ModelList(BaseModel):
+    object: Annotated[Literal["list"], Field(title="Object")] = "list"
+    data: Annotated[list[ModelCard], Field(title="Data")]
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    type: Annotated[Literal["text"], Field(title="Type")]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    include_usage: Annotated[bool | None, Field(title="Include Usage")] = False
+
+
+class TopLogprob(BaseModel):
+    token: Annotated[str, Field(title="Token")]
+    logprob: Annotated[float, Field(title="Logprob")]
+    bytes: Annotated[list[int] | None, Field(title="Bytes")] = None
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: Annotated[int, Field(title="Prompt Tokens")]
+    completion_tokens: Annotated[int, Field(title="Completion Tokens")]
+    total_tokens: Annotated[int, Field(title="Total Tokens")]
+
+
+class DeltaMessage(BaseModel):
+    """
+    Only the fields that changed, as OpenAI streams them (`{"role": ...}` once, then `{"content": ...}`).
+    """
+
+    role: Annotated[Literal["assistant"] | None, Field(title="Role")] = None
+    content: Annotated[str | None, Field(title="Content")] = None
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    model: Annotated[str | None, Field(title="Model")] = None
+    n: Annotated[int | None, Field(ge=1, le=64, title="N")] = 1
+    temperature: Annotated[float | None, Field(ge=0.0, title="Temperature")] = 1.0
+    top_p: Annotated[float | None, Field(gt=0.0, le=1.0, title="Top P")] = 1.0
+    top_k: Annotated[int | None, Field(ge=-1, title="Top K")] = 0
+    seed: Annotated[Seed | None, Field(title="Seed")] = None
+    stop: Annotated[list[StopItem] | None, Field(max_length=16, title="Stop")] = None
+    stop_token_ids: Annotated[list[StopTokenId] | None, Field(title="Stop Token Ids")] = None
+    ignore_eos: Annotated[bool | None, Field(title="Ignore Eos")] = False
+    stream: Annotated[bool | None, Field(title="Stream")] = False
+    stream_options: StreamOptions | None = None
+    guidance: GuidanceSchema | None = None
+    frequency_penalty: Annotated[float | None, Field(title="Frequency Penalty")] = 0.0
+    presence_penalty: Annotated[float | None, Field(title="Presence Penalty")] = 0.0
+    logit_bias: Annotated[dict[str, float] | None, Field(title="Logit Bias")] = None
+    user: Annotated[str | None, Field(title="User")] = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, title="Messages")]
+    max_tokens: Annotated[MaxTokens | None, Field(title="Max Tokens")] = None
+    max_completion_tokens: Annotated[MaxCompletionTokens | None, Field(title="Max Completion Tokens")] = None
+    logprobs: Annotated[bool | None, Field(title="Logprobs")] = False
+    top_logprobs: Annotated[TopLogprobs | None, Field(title="Top Logprobs")] = None
+    add_generation_prompt: Annotated[bool | None, Field(title="Add Generation Prompt")] = True
+    continue_final_message: Annotated[bool | None, Field(title="Continue Final Message")] = False
+    response_format: ResponseFormat | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: Annotated[int, Field(title="Index")]
+    text: Annotated[str, Field(title="Text")]
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Annotated[Literal["stop", "length", "abort"] | None, Field(title="Finish Reason")] = None
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    model: Annotated[str | None, Field(title="Model")] = None
+    n: Annotated[int | None, Field(ge=1, le=64, title="N")] = 1
+    temperature: Annotated[float | None, Field(ge=0.0, title="Temperature")] = 1.0
+    top_p: Annotated[float | None, Field(gt=0.0, le=1.0, title="Top P")] = 1.0
+    top_k: Annotated[int | None, Field(ge=-1, title="Top K")] = 0
+    seed: Annotated[Seed | None, Field(title="Seed")] = None
+    stop: Annotated[list[StopItem] | None, Field(max_length=16, title="Stop")] = None
+    stop_token_ids: Annotated[list[StopTokenId] | None, Field(title="Stop Token Ids")] = None
+    ignore_eos: Annotated[bool | None, Field(title="Ignore Eos")] = False
+    stream: Annotated[bool | None, Field(title="Stream")] = False
+    stream_options: StreamOptions | None = None
+    guidance: GuidanceSchema | None = None
+    frequency_penalty: Annotated[float | None, Field(title="Frequency Penalty")] = 0.0
+    presence_penalty: Annotated[float | None, Field(title="Presence Penalty")] = 0.0
+    logit_bias: Annotated[dict[str, float] | None, Field(title="Logit Bias")] = None
+    user: Annotated[str | None, Field(title="User")] = None
+    prompt: Annotated[list[str] | list[list[int]], Field(title="Prompt")]
+    max_tokens: Annotated[int | None, Field(ge=1, title="Max Tokens")] = 16
+    logprobs: Annotated[Logprobs | None, Field(title="Logprobs")] = None
+    echo: Annotated[bool | None, Field(title="Echo")] = False
+    suffix: Annotated[str | None, Field(title="Suffix")] = None
+    best_of: Annotated[int | None, Field(title="Best Of")] = None
+
+
+class CompletionResponse(BaseModel):
+    id: Annotated[str, Field(title="Id")]
+    object: Annotated[Literal["text_completion"], Field(title="Object")] = "text_completion"
+    created: Annotated[int | None, Field(title="Created")] = None
+    model: Annotated[str, Field(title="Model")]
+    choices: Annotated[list[CompletionChoice], Field(title="Choices")]
+    usage: UsageInfo | None = None
+
+
+class TokenLogprobOut(BaseModel):
+    token: Annotated[str, Field(title="Token")]
+    logprob: Annotated[float, Field(title="Logprob")]
+    bytes: Annotated[list[int] | None, Field(title="Bytes")] = None
+    top_logprobs: Annotated[list[TopLogprob] | None, Field(title="Top Logprobs")] = None
+
+
+class CompletionStreamResponse(BaseModel):
+    """
+    One SSE chunk; OpenAI streams the same object type as the full response.
+    """
+
+    id: Annotated[str, Field(title="Id")]
+    object: Annotated[Literal["text_completion"], Field(title="Object")] = "text_completion"
+    created: Annotated[int | None, Field(title="Created")] = None
+    model: Annotated[str, Field(title="Model")]
+    choices: Annotated[list[CompletionChoice], Field(title="Choices")]
+    usage: UsageInfo | None = None
+
+
+class ChatLogprobs(BaseModel):
+    content: Annotated[list[TokenLogprobOut] | None, Field(title="Content")] = None
+    refusal: Annotated[list[TokenLogprobOut] | None, Field(title="Refusal")] = None
+
+
+class ChatStreamChoice(BaseModel):
+    index: Annotated[int, Field(title="Index")]
+    delta: DeltaMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: Annotated[Literal["stop", "length", "abort"] | None, Field(title="Finish Reason")] = None
+
+
+class ChatChoice(BaseModel):
+    index: Annotated[int, Field(title="Index")]
+    message: ChatMessageOut
+    logprobs: ChatLogprobs | None = None
+    finish_reason: Annotated[Literal["stop", "length", "abort"] | None, Field(title="Finish Reason")] = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: Annotated[str, Field(title="Id")]
+    object: Annotated[Literal["chat.completion"], Field(title="Object")] = "chat.completion"
+    created: Annotated[int | None, Field(title="Created")] = None
+    model: Annotated[str, Field(title="Model")]
+    choices: Annotated[list[ChatChoice], Field(title="Choices")]
+    usage: UsageInfo | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: Annotated[str, Field(title="Id")]
+    object: Annotated[Literal["chat.completion.chunk"], Field(title="Object")] = "chat.completion.chunk"
+    created: Annotated[int | None, Field(title="Created")] = None
+    model: Annotated[str, Field(title="Model")]
+    choices: Annotated[list[ChatStreamChoice], Field(title="Choices")]
+    usage: UsageInfo | None = None

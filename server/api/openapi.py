@@ -1,0 +1,66 @@
+"""The OpenAPI document (GET /openapi.json, /docs): FastAPI's, plus what it cannot infer from our routes.
+
+- Streams: with `stream: true` a generation route answers `text/event-stream`, one `data: <chunk JSON>`
+  event per chunk, then `data: [DONE]`. A route declares it with `responses=event_stream(Chunk)`;
+  FastAPI writes that schema as given but adds to `components` only the models it saw as a
+  `response_model` or `responses[...]["model"]`, so the chunk's schemas travel as `$defs` and
+  `install_openapi()` moves them into `components`.
+- Errors: `error_responses(...)` declares ErrorResponse for the statuses a route really returns, plus
+  `default` (500 ...). A route with a `default` gets no FastAPI 422: request validation answers 400.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from llmdoctor.server.api.errors import ErrorResponse
+
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+ERROR_DESCRIPTIONS = {
+    400: "Invalid request (a request validation error too); `error.param` names the field",
+    401: "Missing or wrong API key (only when the server runs with --api-key)",
+    403: "The adapter path is outside every --adapter-root",
+    404: "Unknown model, doctor, adapter or path",
+    409: "The adapter name is already in use",
+    503: "The queue is full (with Retry-After), the server is shutting down, or its engine is not running",
+    504: "The request ran past --request-timeout and was aborted",
+    "default": "Any other error, e.g. 500 (an internal error; the details are in the server log)",
+}
+
+
+def error_responses(*statuses: int, described: Mapping[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """`responses=` entries: ErrorResponse for each status and `default`; `described` overrides the
+    generic ERROR_DESCRIPTIONS where a route knows better."""
+    descriptions = {**ERROR_DESCRIPTIONS, **(described or {})}
+    return {status: {"model": ErrorResponse, "description": descriptions[status]} for status in (*statuses, "default")}
+
+
+def event_stream(chunk: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """`responses=` entry for a route that, with `stream: true`, answers SSE `data:` events of `chunk`."""
+    refs, definitions = models_json_schema([(chunk, "serialization")], ref_template=REF_TEMPLATE)
+    schema = {**refs[chunk, "serialization"], "$defs": definitions["$defs"]}  # $defs: see install_openapi
+    description = f"The result; with `stream: true`, `text/event-stream` of `data: {chunk.__name__}` ... `data: [DONE]`"
+    return {200: {"description": description, "content": {"text/event-stream": {"schema": schema}}}}
+
+
+def move_stream_defs(document: dict[str, Any]) -> dict[str, Any]:
+    """Move the stream chunks' `$defs` into `components` (in place; idempotent) and return `document`."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for path in document["paths"].values():
+        for operation in path.values():
+            stream = operation["responses"].get("200", {}).get("content", {}).get("text/event-stream", {})
+            for name, schema in stream.get("schema", {}).pop("$defs", {}).items():
+                assert schemas.setdefault(name, schema) == schema, f"two different schemas named {name}"
+    return document
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Extend FastAPI's (cached) document, FastAPI's documented way: by replacing `app.openapi`."""
+    fastapi_openapi = app.openapi
+    app.openapi = lambda: move_stream_defs(fastapi_openapi())

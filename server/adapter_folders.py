@@ -165,10 +165,12 @@ def write_adapter_metadata(
     method: str,
     dimension: str | None = None,
     metrics: dict | None = None,
+    weights: str = "lora",
 ) -> Path:
     """Write `folder/llmdoctor.json` (atomically) with a UTC ISO `created` stamp; return its path.
 
     DESIGN.md names methods dpo|gdpo|tfpo; any string is recorded (e.g. "sft" for test adapters).
+    `weights` is "lora" (a peft adapter) or "full" (a whole model from full fine-tuning).
     """
     _check_kind(kind)
     meta = {
@@ -178,6 +180,7 @@ def write_adapter_metadata(
         "dimension": dimension,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "metrics": metrics or {},
+        "weights": weights,
     }
     target = Path(folder) / METADATA_FILE
     tmp = target.with_name(f".{METADATA_FILE}.tmp")
@@ -213,6 +216,13 @@ def _check_files(folder: Path, path: str, real_roots: list[Path]) -> None:
     except OSError as e:  # e.g. no read permission for the server's user
         raise AdapterError(f"adapter {path!r}: cannot list the folder: {e}", "path") from e
     names = [entry.name for entry in entries]
+    if "config.json" in names and not (folder / WEIGHTS_FILE).is_file():
+        raise AdapterError(
+            f"adapter {path!r} is a full model folder (config.json, no {WEIGHTS_FILE}; e.g. trained with "
+            "alignment.use_lora: false or written by llmdoctor merge), not an adapter: serve it with "
+            f"`llmdoctor serve --model {path}`",
+            "path",
+        )
     # Loaders (peft, vLLM) read top-level files only; any of them may be read, so check them all.
     for entry in entries:
         if not _is_inside(_resolve(entry), real_roots):

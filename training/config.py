@@ -89,6 +89,7 @@ class AlignmentConfig(_Section):
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     save_steps: int = Field(100, ge=1)
+    save_total_limit: int | None = Field(None, ge=1)  # keep the newest N checkpoints; None = all
     max_steps: int | None = Field(None, ge=1)  # None = num_epochs decide
     seed: int = 42
     eval_steps: int | None = Field(None, ge=1)  # None = evaluate once per epoch (when there is a split)
@@ -133,7 +134,8 @@ def load_config(path: str | Path) -> TrainingConfig:
     return _resolve_input_paths(config, path.resolve().parent)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, root: type[BaseModel] | None = None) -> dict[str, Any]:
+    """The YAML mapping in `path`; `root` (default TrainingConfig) names the expected sections."""
     if not path.is_file():
         raise ConfigError(f"config file {path} not found", field="config")
     try:
@@ -146,7 +148,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text", field="config") from None
     if not isinstance(raw, dict):
-        sections = ", ".join(TrainingConfig.model_fields)
+        sections = ", ".join((root or TrainingConfig).model_fields)
         got = "an empty file" if raw is None else f"a {type(raw).__name__}"
         raise ConfigError(f"config file {path} must be a mapping with the sections {sections}; got {got}", "config")
     return raw
@@ -192,22 +194,25 @@ _TYPES = {
 }
 
 
-def config_error_from(exc: ValidationError, source: str = "config") -> ConfigError:
-    """One ConfigError listing every pydantic error as `field: expected, got value`."""
-    lines = [_describe(error) for error in exc.errors()]
+def config_error_from(
+    exc: ValidationError, source: str = "config", root: type[BaseModel] | None = None
+) -> ConfigError:
+    """One ConfigError listing every pydantic error as `field: expected, got value`. `root` is the
+    model that was validated (default TrainingConfig): unknown keys list the known keys from it."""
+    lines = [_describe(error, root or TrainingConfig) for error in exc.errors()]
     first = ".".join(str(part) for part in exc.errors()[0]["loc"]) if exc.errors() else None
     body = "\n".join(f"  {field}: {text}" for field, text in lines)
     return ConfigError(f"{source} is invalid:\n{body}", field=first)
 
 
-def _describe(error: dict[str, Any]) -> tuple[str, str]:
+def _describe(error: dict[str, Any], root: type[BaseModel]) -> tuple[str, str]:
     loc = tuple(error["loc"])
     field = ".".join(str(part) for part in loc) or "config"
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     if kind == "missing":
         return field, "required, missing"
     if kind == "extra_forbidden":
-        return field, f"unknown key; known keys: {', '.join(_known_keys(loc[:-1]))}"
+        return field, f"unknown key; known keys: {', '.join(_known_keys(loc[:-1], root))}"
     if kind == "literal_error":
         choices = str(ctx.get("expected", "")).replace(" or ", ", ").replace("'", "")
         return field, f"must be one of {choices}, got {value!r}"
@@ -223,9 +228,9 @@ def _describe(error: dict[str, Any]) -> tuple[str, str]:
     return field, f"{error['msg']}, got {value!r}"
 
 
-def _known_keys(parent: tuple) -> list[str]:
-    """The field names of the section at `parent` (a loc prefix such as ('alignment',))."""
-    model: type[BaseModel] = TrainingConfig
+def _known_keys(parent: tuple, root: type[BaseModel]) -> list[str]:
+    """The field names of the section at `parent` (a loc prefix such as ('alignment',)) of `root`."""
+    model: type[BaseModel] = root
     for part in parent:
         annotation = model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):

@@ -14,6 +14,9 @@ What is new here:
 - **Step.** `GroupPreferenceTrainer.compute_loss`: token-summed log-probs of every response with the
   adapter on (policy) and off (reference, `disable_adapter()` under no_grad: the frozen base, no
   second copy), then `losses.preference_loss` per K-subgroup; the batch loss is the mean over groups.
+  Full fine-tuning (`use_lora: false`) has no adapter to switch off: the untouched model's
+  log-probs are computed once before step 1 (`precompute_reference`, as TRL's
+  `precompute_ref_log_probs`) and ride in the batches.
   Metrics go out under DPO's `rewards/*` keys, so progress bar and metrics.jsonl are unchanged.
 """
 
@@ -26,7 +29,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from peft import get_peft_model
-from transformers import ProgressCallback, Trainer, set_seed
+from transformers import ProgressCallback, set_seed
 
 from llmdoctor.server.model_store import ResolvedModel
 from llmdoctor.training import dpo_training
@@ -34,6 +37,15 @@ from llmdoctor.training.callbacks import MetricsJsonlCallback, PreferenceProgres
 from llmdoctor.training.config import ConfigError, TrainingConfig
 from llmdoctor.training.data import PreferenceData, load_preferences
 from llmdoctor.training.losses import preference_loss
+from llmdoctor.training.trainer_runs import (
+    METRICS_FILE,
+    MetricsTrainer,
+    TrainResult,
+    load_policy,
+    load_tokenizer,
+    resolve_patient,
+    run_trainer,
+)
 
 # LossOutput.metrics field -> the key TRL's DPOTrainer logs it under (callbacks.py reads these).
 METRIC_KEYS = {
@@ -103,12 +115,15 @@ class GroupCollator:
                 sequences.append(list(feature["prompt_ids"]) + list(response))
                 completions.append([0] * len(feature["prompt_ids"]) + [1] * len(response))
         width = max(map(len, sequences))
-        return {
+        batch = {
             "input_ids": right_pad(sequences, self.pad_token_id, width),
             "attention_mask": right_pad([[1] * len(s) for s in sequences], 0, width),
             "completion_mask": right_pad(completions, 0, width),
             "group_sizes": torch.tensor([len(f["response_ids"]) for f in features]),
         }
+        if "reference_logps" in features[0]:  # (N,) precomputed for full fine-tuning
+            batch["reference_logps"] = torch.tensor([v for f in features for v in f["reference_logps"]])
+        return batch
 
 
 def right_pad(rows: list[list[int]], fill: int, width: int) -> torch.Tensor:
@@ -134,15 +149,12 @@ def regroup_by_k(values: torch.Tensor, group_sizes: list[int]) -> dict[int, torc
     return {k: torch.stack(groups) for k, groups in by_k.items()}
 
 
-class GroupPreferenceTrainer(Trainer):
+class GroupPreferenceTrainer(MetricsTrainer):
     """HF Trainer whose step is the GDPO loss on ranked groups (module docstring)."""
 
     def __init__(self, *args, config: TrainingConfig, **kwargs):
         super().__init__(*args, **kwargs)
         self.alignment = config.alignment
-        # our loss is a mean over groups: let the Trainer divide it by the accumulation steps
-        self.model_accepts_loss_kwargs = False
-        self._logged: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         a = self.alignment
@@ -150,9 +162,12 @@ class GroupPreferenceTrainer(Trainer):
         forward = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
         # 1) policy log-probs, adapter on (N,)
         policy = sequence_logps(model(**forward).logits, inputs["input_ids"], inputs["completion_mask"])
-        # 2) reference log-probs, adapter off: the frozen base (N,)
-        with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
-            reference = sequence_logps(model(**forward).logits, inputs["input_ids"], inputs["completion_mask"])
+        # 2) reference log-probs of the frozen base (N,): precomputed (full), or with the adapter off
+        if "reference_logps" in inputs:
+            reference = inputs["reference_logps"].to(policy.dtype)
+        else:
+            with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
+                reference = sequence_logps(model(**forward).logits, inputs["input_ids"], inputs["completion_mask"])
         # 3) the GDPO loss per K, batch mean over groups; metrics weighted by each K's group count
         lengths = inputs["completion_mask"].sum(-1).float()  # (N,) response token counts, for ipo
         groups = zip(*(regroup_by_k(v, sizes).values() for v in (policy, reference, lengths)), strict=True)
@@ -165,50 +180,53 @@ class GroupPreferenceTrainer(Trainer):
             total = total + out.per_example.sum()
             for field, key in METRIC_KEYS.items():
                 stats[key] += getattr(out.metrics, field) * len(policy_k) / len(sizes)
-        mode = "train" if model.training else "eval"
-        for key, value in stats.items():
-            self._logged[mode][key].append(value)
+        self.record(model.training, stats)
         loss = total / len(sizes)
         return (loss, {}) if return_outputs else loss
 
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Eval: the loss only (our batches have no labels for the stock prediction step)."""
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
 
-    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        """Add the stored `rewards/*` means (since the last log) to a train or eval log, as TRL does."""
-        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
-        prefix = "eval_" if mode == "eval" else ""
-        if mode == "eval" or "loss" in logs:
-            stored = self._logged[mode]
-            logs.update({prefix + key: sum(values) / len(values) for key, values in stored.items() if values})
-            stored.clear()
-        super().log(logs, *args, **kwargs)
+def precompute_reference(model, dataset: Dataset, collator: GroupCollator, batch_size: int) -> Dataset:
+    """`dataset` plus a column reference_logps (K floats per row): each response's log-prob under
+    `model` as it is now. For full fine-tuning, called before step 1 so that no reference copy of
+    the model stays in memory during training."""
+    device = next(model.parameters()).device
+    values: list[list[float]] = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            logps = sequence_logps(model(input_ids=ids, attention_mask=mask).logits, ids, batch["completion_mask"].to(device))
+            values += [group.tolist() for group in torch.split(logps.cpu(), batch["group_sizes"].tolist())]
+    return dataset.add_column("reference_logps", values)
 
 
 # ---- the run ----------------------------------------------------------------------------------------
 
 
 def build_trainer(config: TrainingConfig, device: str, data: PreferenceData, model: ResolvedModel, tokenizer):
-    """A GroupPreferenceTrainer on a LoRA-wrapped base with DPO's arguments and callbacks."""
-    dpo_training.require_lora(config)
+    """A GroupPreferenceTrainer on a LoRA-wrapped base (or, with use_lora: false, the base itself and
+    precomputed reference log-probs) with DPO's arguments and callbacks."""
     chat = tokenizer.chat_template is not None
     args = dpo_training.dpo_arguments(config, device, bool(data.validation))
     args.remove_unused_columns = False  # the collator reads prompt_ids / response_ids
     args.label_names = []
     set_seed(config.alignment.seed)  # LoRA A is drawn from torch's RNG: same seed, same start weights
-    policy = get_peft_model(dpo_training.load_policy(model, device), dpo_training.lora_config(config))
+    policy = load_policy(model, device)
+    collator = GroupCollator(tokenizer.pad_token_id)
+    splits = [group_dataset(rows, tokenizer, chat) if rows else None for rows in (data.train, data.validation)]
+    if config.alignment.use_lora:
+        policy = get_peft_model(policy, dpo_training.lora_config(config))
+    else:
+        splits = [precompute_reference(policy, split, collator, args.per_device_eval_batch_size) if split else None
+                  for split in splits]
     trainer = GroupPreferenceTrainer(
         model=policy,
         args=args,
-        train_dataset=group_dataset(data.train, tokenizer, chat),
-        eval_dataset=group_dataset(data.validation, tokenizer, chat) if data.validation else None,
-        data_collator=GroupCollator(tokenizer.pad_token_id),
+        train_dataset=splits[0],
+        eval_dataset=splits[1],
+        data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[MetricsJsonlCallback(Path(config.alignment.output_dir) / dpo_training.METRICS_FILE)],
+        callbacks=[MetricsJsonlCallback(Path(config.alignment.output_dir) / METRICS_FILE)],
         config=config,
     )
     trainer.remove_callback(ProgressCallback)
@@ -216,15 +234,18 @@ def build_trainer(config: TrainingConfig, device: str, data: PreferenceData, mod
     return trainer
 
 
-def train_gdpo(config: TrainingConfig, device: str = "cpu", resume: Path | None = None) -> dpo_training.TrainResult:
+def train_gdpo(config: TrainingConfig, device: str = "cpu", resume: Path | None = None) -> TrainResult:
     """Train, save the adapter folder (method gdpo), return its metrics. Errors as `train_dpo`."""
     # 1) model, tokenizer and ranked groups (data errors surface here, before the model loads)
-    model = dpo_training.resolve_patient(config)
-    tokenizer = dpo_training.load_tokenizer(config, model)
+    model = resolve_patient(config)
+    tokenizer = load_tokenizer(config, model)
     data = load_preferences(
         config.dataset, "gdpo", tokenizer, group_size=config.alignment.group_delay_size, seed=config.alignment.seed
     )
-    # 2) trainer: peft LoRA on the base, reference = adapter disabled
+    # 2) trainer: LoRA (reference = adapter disabled) or full (reference precomputed)
     trainer = build_trainer(config, device, data, model, tokenizer)
     # 3) train, save the adapter folder (DPO's machinery)
-    return dpo_training.run_trainer(trainer, config, model.name, len(data.train), resume)
+    return run_trainer(
+        trainer, config.alignment, len(data.train), resume, dpo_training.patient_saver(config, model.name),
+        not config.alignment.use_lora,
+    )

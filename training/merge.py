@@ -56,6 +56,11 @@ def check_adapter(adapter: Path) -> tuple[dict, dict]:
     """(llmdoctor.json or {}, adapter_config.json) of a patient LoRA folder; MergeError otherwise."""
     if not adapter.is_dir():
         raise MergeError(f"--adapter {adapter}: no such folder")
+    if (adapter / "config.json").is_file() and not (adapter / ADAPTER_CONFIG).is_file():
+        raise MergeError(
+            f"--adapter {adapter}: is already a full model (e.g. from alignment.use_lora: false); nothing to "
+            f"merge, serve it with: llmdoctor serve --model {adapter}"
+        )
     try:
         config = json.loads((adapter / ADAPTER_CONFIG).read_text())
     except (OSError, ValueError):

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import resource
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -255,3 +259,27 @@ def test_train_dpo_device_cuda_without_cuda_warns_and_uses_cpu(tmp_path, embedde
     assert main(["train", "dpo", "--config", str(config), "--dry-run", "--device", "cuda"]) == 0
     captured = capsys.readouterr()
     assert "CUDA is not available" in captured.err and "device: cpu" in captured.out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="caps CPU memory with RLIMIT_AS")
+def test_train_dpo_out_of_memory_exits_3_with_advice_not_a_traceback(tmp_path, embedded_model):
+    # A real out-of-memory: 16 pairs of ~900-token rows per batch need ~11 GB of logits alone; the
+    # process may map 8 GB, enough to load the model and the data.
+    long_chosen, long_rejected = " ".join(["wonderful happy bright"] * 300), " ".join(["awful sad grey"] * 300)
+    rows = [{"prompt": f"Tell me story {i}.", "chosen": long_chosen, "rejected": long_rejected} for i in range(16)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = {"model": {"path": "embedded"}, "dataset": {"path": "pairs.jsonl", "max_length": 2048},
+              "alignment": {"method": "dpo", "output_dir": str(tmp_path / "out"), "batch_size": 16, "max_steps": 1}}
+    (tmp_path / "align.yaml").write_text(yaml.safe_dump(config))
+
+    def cap_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "llmdoctor.server.cli", "train", "dpo", "--config", str(tmp_path / "align.yaml")],
+        capture_output=True, text=True, preexec_fn=cap_memory, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "out of memory on cpu" in done.stderr and "Traceback" not in done.stderr
+    assert "alignment.batch_size: 16 -> 8" in done.stderr and "gradient_accumulation_steps: 1 -> 2" in done.stderr

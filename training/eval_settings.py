@@ -1,0 +1,74 @@
+"""The settings an evaluation compares: the bare patient, each doctor alone at each beta, the first
+two doctors at every pair of grid betas, and each patient adapter (DPO, GDPO) alone.
+
+A setting's name says what generated it: `patient`, `positivity@0.5`,
+`positivity@0.5+conciseness@1`, `dpo:<name>`. A doctor at beta 0 is off (the engine skips it), so
+grid pairs are named without their zero-beta doctors and a pair that reduces to an existing setting
+(the patient, or a doctor alone at a swept beta) is not generated twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+from typing import Literal
+
+SettingKind = Literal["patient", "doctor", "grid", "adapter"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: SettingKind
+    alpha: float = 1.0
+    doctors: tuple[tuple[str, float], ...] = ()  # (doctor, beta), beta != 0, config order
+    adapter: str | None = None  # a patient adapter, or None for the bare patient
+
+    @property
+    def betas(self) -> dict[str, float]:
+        return dict(self.doctors)
+
+
+def format_beta(beta: float) -> str:
+    """`0.5`, `1`, `2.25`: short and stable, for setting names."""
+    return f"{beta:g}"
+
+
+def guided(doctors: list[tuple[str, float]], alpha: float, kind: SettingKind) -> Setting:
+    """The setting that weights `doctors` (zero betas dropped); the patient when none is left."""
+    active = tuple((name, beta) for name, beta in doctors if beta != 0.0)
+    if not active and alpha == 1.0:
+        return Setting("patient", "patient")
+    name = "+".join(f"{doctor}@{format_beta(beta)}" for doctor, beta in active) or f"alpha@{format_beta(alpha)}"
+    if alpha != 1.0:
+        name = f"{name}/alpha@{format_beta(alpha)}"
+    return Setting(name, "grid" if len(active) > 1 else kind, alpha, active)
+
+
+def plan_settings(
+    doctors: list[str], adapters: list[str], betas: list[float], grid_betas: list[float], alpha: float = 1.0
+) -> list[Setting]:
+    """Every setting to generate, each once, in report order: the patient, each doctor alone by beta
+    (the swept betas and those a zero in the grid adds), the grid pairs, the patient adapters."""
+    planned: dict[str, Setting] = {}
+
+    def add(setting: Setting) -> None:
+        planned.setdefault(setting.name, setting)
+
+    add(Setting("patient", "patient"))
+    for doctor in doctors:
+        for beta in sorted(betas):
+            add(guided([(doctor, beta)], alpha, "doctor"))
+    if len(doctors) >= 2:
+        first, second = doctors[:2]
+        for a, b in product(sorted(grid_betas), repeat=2):
+            add(guided([(first, a), (second, b)], alpha, "doctor"))
+    for adapter in adapters:
+        add(Setting(f"dpo:{adapter}", "adapter", adapter=adapter))
+    order = {"patient": 0, "doctor": 1, "grid": 2, "adapter": 3}
+
+    def place(setting: Setting) -> tuple:
+        first = doctors.index(setting.doctors[0][0]) if setting.kind == "doctor" else 0
+        return order[setting.kind], first, setting.doctors[0][1] if setting.kind == "doctor" else 0.0
+
+    return sorted(planned.values(), key=place)  # stable: grid pairs and adapters keep their order

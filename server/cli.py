@@ -25,7 +25,9 @@ from llmdoctor.server.config import (
 )
 from llmdoctor.server.errors import LLMDoctorError
 from llmdoctor.training.cli import add_train_arguments, run_train  # stdlib-only at import
+from llmdoctor.training.evaluate import add_eval_arguments, run_eval_command  # torch loads inside the run
 from llmdoctor.training.merge import add_merge_arguments, run_merge  # stdlib-only at import
+from llmdoctor.training.recipe import add_recipe_arguments, run_recipe_command  # stdlib-only at import
 
 EXIT_USAGE = 2
 
@@ -110,8 +112,13 @@ def run_data(args: argparse.Namespace) -> int:
 COMMANDS: tuple[Command, ...] = (
     Command("serve", "run the OpenAI-compatible server", add_settings_arguments, run_serve),
     Command("data", "build preference data for training (data synth)", add_data_arguments, run_data),
-    Command("train", "train a patient adapter on preference data (train dpo|gdpo)", add_train_arguments, run_train),
+    Command("train", "train a patient adapter (train dpo|gdpo) or a doctor (train rewards, then train doctor)",
+            add_train_arguments, run_train),
     Command("merge", "merge a patient adapter into the patient; write a full model", add_merge_arguments, run_merge),
+    Command("eval", "the reward/KL frontier: score, KL, diversity and speed of guided settings", add_eval_arguments,
+            run_eval_command),
+    Command("recipe", "one command, end to end: data, token rewards, a TFPO doctor, a DPO adapter, eval",
+            add_recipe_arguments, run_recipe_command),
 )
 
 

@@ -1,0 +1,78 @@
+"""`llmdoctor recipe` end to end on the embedded model, CPU, at toy sizes: every stage runs for real,
+an interruption resumes where it stopped, and DIR holds what the README promises."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from llmdoctor.server.cli import main
+from llmdoctor.training import recipe
+from llmdoctor.training.recipe import RecipeOptions, run_recipe
+from tests.adapters import one_torch_thread
+
+TOY = {"train_prompts": 6, "eval_prompts": 3, "max_tokens": 12, "epochs": 1, "betas": (2.0,), "k": 3}
+
+
+@pytest.fixture(scope="module")
+def recipe_dir(tmp_path_factory, embedded_model) -> tuple[Path, str]:
+    """A recipe run interrupted in the doctor stage, then rerun to the end; (DIR, the rerun's log)."""
+    out = tmp_path_factory.mktemp("recipe") / "positivity"
+    options = RecipeOptions("positivity", out, **TOY)
+    real_stage = recipe.run_stage
+
+    def ctrl_c_at_doctor(name, config, say):
+        if name == "doctor":
+            raise KeyboardInterrupt
+        return real_stage(name, config, say)
+
+    log = tmp_path_factory.mktemp("logs") / "rerun.log"
+    with one_torch_thread():
+        recipe.run_stage = ctrl_c_at_doctor
+        try:
+            assert run_recipe(options) == 130
+        finally:
+            recipe.run_stage = real_stage
+        with log.open("w") as stream:
+            assert run_recipe(options, stream=stream) == 0
+    return out, log.read_text()
+
+
+def test_recipe_rerun_skips_the_finished_stages_and_runs_the_rest(recipe_dir):
+    _, rerun = recipe_dir
+    assert "[1/5] data: done before, skipped" in rerun and "[2/5] rewards: done before, skipped" in rerun
+    for stage in ("doctor", "dpo", "eval"):
+        assert f"] {stage} ..." in rerun
+
+
+def test_recipe_output_holds_the_doctor_the_dpo_adapter_the_data_and_the_eval(recipe_dir):
+    out, _ = recipe_dir
+    assert json.loads((out / "doctor-positivity" / "llmdoctor.json").read_text())["kind"] == "doctor"
+    assert json.loads((out / "dpo-positivity" / "llmdoctor.json").read_text())["method"] == "dpo"
+    assert (out / "data" / "preferences.jsonl").is_file() and (out / "data" / "token_rewards.jsonl").is_file()
+    assert (out / "eval" / "frontier.png").stat().st_size > 0
+    rows = {row["setting"]: row for row in csv.DictReader((out / "eval" / "eval.csv").open())}
+    assert set(rows) == {"patient", "positivity@2", "dpo:dpo"}
+    assert float(rows["patient"]["kl_per_token"]) == pytest.approx(0.0, abs=1e-6)
+    state = json.loads((out / "recipe.json").read_text())
+    assert all(state["stages"][stage]["done"] for stage in recipe.STAGES)
+    assert {p.name for p in (out / "configs").iterdir()} == {f"{s}.yaml" for s in recipe.STAGES}
+
+
+def test_recipe_unknown_dimension_exits_2_listing_the_known_ones(tmp_path, capsys):
+    assert main(["recipe", "kindness", "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "kindness" in err and "positivity" in err and "conciseness" in err
+
+
+def test_recipe_overlapping_train_and_eval_prompts_exit_2(tmp_path, capsys):
+    assert main(["recipe", "positivity", "--output", str(tmp_path), "--train-prompts", "300"]) == 2
+    assert "--train-prompts" in capsys.readouterr().err
+
+
+def test_recipe_missing_data_file_exits_2_naming_the_flag(tmp_path, capsys):
+    assert main(["recipe", "positivity", "--output", str(tmp_path), "--data", str(tmp_path / "nope.jsonl")]) == 2
+    assert "--data" in capsys.readouterr().err

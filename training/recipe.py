@@ -1,0 +1,266 @@
+"""`llmdoctor recipe DIMENSION --output DIR [--data FILE]`: the whole LLMdoctor chain in one command.
+
+Stages, each with a progress line, each resumable (rerun the same command after an interruption:
+finished stages are skipped, an unfinished one continues where it stopped):
+
+  1. data     `data synth` on the shipped prompts' first --train-prompts  -> DIR/data/preferences.jsonl
+              (or the user's own preference file: --data FILE)
+  2. rewards  token-level rewards, stage 1                                 -> DIR/data/token_rewards.jsonl
+  3. doctor   a TFPO doctor, stage 2                                       -> DIR/doctor-<dimension>/
+  4. dpo      a DPO patient adapter on the same preferences, to compare    -> DIR/dpo-<dimension>/
+  5. eval     the last --eval-prompts shipped prompts (never trained on): the patient, the doctor at
+              each beta, the DPO adapter (and a grid with --with-doctor)   -> DIR/eval/eval.csv, frontier.png
+
+DIR/configs/ gets the config each stage ran with (rerun or change any stage by hand with them);
+DIR/recipe.json records which stages are done and how long each took. The defaults are sized for
+a 2-core CPU (the whole chain in well under 30 minutes there); --device cuda scales them up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class Dimension:
+    scorer: str  # how `data synth` ranks responses, and the score eval reports first
+    faces: str  # the faces (faces.py) stage 1 contrasts
+
+
+DIMENSIONS = {
+    "positivity": Dimension(scorer="sentiment", faces="positivity"),
+    "conciseness": Dimension(scorer="length", faces="conciseness"),
+}
+STAGES = ("data", "rewards", "doctor", "dpo", "eval")
+
+
+class RecipeError(ValueError):
+    """A usage mistake; the message names the flag."""
+
+
+@dataclass
+class RecipeOptions:
+    dimension: str
+    output: Path
+    data: Path | None = None  # the user's preference file instead of data synth
+    with_doctors: dict[str, Path] = field(default_factory=dict)  # more doctors for the eval grid
+    device: str = "cpu"
+    train_prompts: int = 128
+    eval_prompts: int = 48
+    k: int = 4
+    max_tokens: int = 48
+    epochs: int = 2
+    betas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    seed: int = 0
+
+
+# ---- the configs of each stage -----------------------------------------------------------------------
+
+
+def stage_configs(o: RecipeOptions) -> dict:
+    """Every stage's inputs, as the objects the stages take (their YAML lands in DIR/configs)."""
+    from llmdoctor.training.config import TrainingConfig
+    from llmdoctor.training.doctor_config import ALL_LINEAR, DoctorConfig, RewardsConfig
+    from llmdoctor.training.eval_config import EvalConfig
+    from llmdoctor.training.synth import PROMPTS_FILE, SynthOptions, load_prompts
+
+    d, out = DIMENSIONS[o.dimension], o.output.resolve()
+    preferences = o.data.resolve() if o.data else out / "data" / "preferences.jsonl"
+    rewards_file, doctor_dir, dpo_dir = out / "data" / "token_rewards.jsonl", out / f"doctor-{o.dimension}", out / f"dpo-{o.dimension}"
+    shipped = len(load_prompts(PROMPTS_FILE))
+    # the doctor and the DPO adapter get the same LoRA (the doctor's defaults) and the same steps
+    run = {"num_epochs": o.epochs, "batch_size": 4, "save_steps": 10, "save_total_limit": 2, "seed": o.seed,
+           "lora_r": 16, "lora_alpha": 32, "target_modules": list(ALL_LINEAR)}
+    return {
+        "data": SynthOptions(prompts=PROMPTS_FILE, output=preferences, scorer=d.scorer, k=o.k, max_tokens=o.max_tokens,
+                             seed=o.seed, limit=o.train_prompts),
+        "rewards": RewardsConfig.model_validate({
+            "dataset": {"path": str(preferences)}, "device": o.device,
+            "rewards": {"dimension": d.faces, "output": str(rewards_file), "batch_size": 8},
+        }),
+        "doctor": DoctorConfig.model_validate({
+            "data": {"path": str(rewards_file)}, "device": o.device,
+            "doctor": {**run, "dimension": o.dimension, "output_dir": str(doctor_dir), "learning_rate": 2e-3},
+        }),
+        "dpo": TrainingConfig.model_validate({
+            "dataset": {"path": str(preferences)}, "device": o.device,
+            "alignment": {**run, "method": "dpo", "output_dir": str(dpo_dir), "learning_rate": 5e-4, "beta": 0.1},
+        }),
+        "eval": EvalConfig.model_validate({
+            "prompts": {"path": str(PROMPTS_FILE), "skip": shipped - o.eval_prompts, "limit": o.eval_prompts},
+            "doctors": {o.dimension: str(doctor_dir), **{k: str(v) for k, v in o.with_doctors.items()}},
+            "patient_adapters": {"dpo": str(dpo_dir)},
+            "betas": list(o.betas), "grid_betas": [0.0, 0.5, 1.0, 2.0] if o.with_doctors else [],
+            "scorers": ["sentiment", "length"], "output_dir": str(out / "eval"), "device": o.device,
+            "generation": {"max_tokens": o.max_tokens, "temperature": 1.0, "seed": o.seed + 1},
+        }),
+    }
+
+
+def check_options(o: RecipeOptions) -> None:
+    from llmdoctor.training.synth import PROMPTS_FILE, load_prompts
+
+    if o.dimension not in DIMENSIONS:
+        raise RecipeError(f"DIMENSION {o.dimension!r} has no recipe; known: {', '.join(DIMENSIONS)}")
+    if o.data is not None and not o.data.is_file():
+        raise RecipeError(f"--data {o.data}: no such file")
+    shipped = len(load_prompts(PROMPTS_FILE))
+    if o.train_prompts + o.eval_prompts > shipped:
+        raise RecipeError(
+            f"--train-prompts {o.train_prompts} + --eval-prompts {o.eval_prompts} exceed the {shipped} shipped "
+            "prompts; the eval prompts must stay out of training"
+        )
+    for name, folder in o.with_doctors.items():
+        if name == o.dimension or not folder.is_dir():
+            raise RecipeError(f"--with-doctor {name}={folder}: expected another dimension's doctor folder")
+
+
+# ---- the stages --------------------------------------------------------------------------------------
+
+
+def run_stage(name: str, config, say) -> str:
+    """Run one stage to the end; return a one-line result."""
+    if name == "data":
+        from llmdoctor.training import synth
+
+        status = synth.run(config)
+        if status == EXIT_INTERRUPTED:
+            raise KeyboardInterrupt
+        if status != 0:
+            raise RecipeError("data synth failed (see above)")
+        return f"{sum(1 for _ in open(config.output))} preference rows in {config.output}"
+    if name == "rewards":
+        from llmdoctor.training.rewards_job import compute_rewards, format_summary
+
+        result = compute_rewards(config)
+        return f"{result.rows} rows, {format_summary(result.summary)}"
+    if name in ("doctor", "dpo"):
+        section = config.doctor if name == "doctor" else config.alignment
+        result = _train(name, config, latest_checkpoint(Path(section.output_dir)))
+        m = result.metrics
+        return f"{result.output_dir}: reward accuracy {m['reward_accuracy']:.2f}, margin {m['reward_margin']:.3f}"
+    from llmdoctor.training.evaluate import run_eval
+
+    result = run_eval(config, progress=lambda line: say(f"  eval: {line}"))
+    return f"{result.csv} and {result.plot}\n{result.table}"
+
+
+def _train(name: str, config, resume: Path | None):
+    from llmdoctor.training.dpo_training import train_dpo
+    from llmdoctor.training.tfpo_training import train_doctor
+    from llmdoctor.training.trainer_runs import TrainingInterrupted
+
+    try:
+        return (train_doctor if name == "doctor" else train_dpo)(config, config.device, resume)
+    except TrainingInterrupted:
+        raise KeyboardInterrupt from None
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest HF checkpoint of an unfinished run, to resume from; None to start fresh."""
+    folders = [p for p in (output_dir / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(folders, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+
+
+def run_recipe(o: RecipeOptions, stream=None) -> int:
+    """All stages not yet done, in order. Returns the exit status."""
+    stream = stream or sys.stderr
+
+    def say(line: str) -> None:
+        print(line, file=stream, flush=True)
+
+    # 1) options and the stage configs, written where the user can reuse them
+    check_options(o)
+    configs = stage_configs(o)
+    state_file = o.output / "recipe.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {"stages": {}}
+    write_configs(o.output / "configs", configs)
+    stages = [s for s in STAGES if not (s == "data" and o.data)]
+    # 2) each stage not done yet
+    started = time.monotonic()
+    for number, name in enumerate(stages, 1):
+        if state["stages"].get(name, {}).get("done"):
+            say(f"recipe [{number}/{len(stages)}] {name}: done before, skipped")
+            continue
+        say(f"recipe [{number}/{len(stages)}] {name} ...")
+        stage_start = time.monotonic()
+        try:
+            result = run_stage(name, configs[name], say)
+        except KeyboardInterrupt:
+            say(f"recipe: interrupted in stage {name}; run the same command again to continue from there")
+            return EXIT_INTERRUPTED
+        seconds = round(time.monotonic() - stage_start, 1)
+        state["stages"][name] = {"done": True, "seconds": seconds}
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps({**state, "options": _jsonable(o)}, indent=2) + "\n")
+        say(f"recipe [{number}/{len(stages)}] {name}: {result} ({seconds:.0f} s)")
+    say(f"recipe: done in {time.monotonic() - started:.0f} s; {o.output} holds the doctor, the DPO adapter, the "
+        f"data and eval/ (eval.csv, frontier.png)")
+    return 0
+
+
+def write_configs(folder: Path, configs: dict) -> None:
+    """Each stage's config as YAML (data synth's as its options)."""
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, config in configs.items():
+        data = _jsonable(config) if name == "data" else config.model_dump(mode="json", exclude_none=True)
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _jsonable(obj) -> dict:
+    return json.loads(json.dumps(asdict(obj), default=str))
+
+
+# ---- CLI ---------------------------------------------------------------------------------------------
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dimension", metavar="DIMENSION", help=f"what the doctor steers toward: {', '.join(DIMENSIONS)}")
+    parser.add_argument("--output", required=True, type=Path, metavar="DIR", help="folder for everything the recipe makes")
+    parser.add_argument("--data", type=Path, metavar="FILE", help="your preference file instead of data synth's")
+    parser.add_argument("--with-doctor", action="append", default=[], metavar="NAME=DIR",
+                        help="another dimension's doctor, for a two-doctor beta grid in the eval (repeatable)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--train-prompts", type=int, default=128, help="shipped prompts data synth trains on")
+    parser.add_argument("--eval-prompts", type=int, default=48, help="held-out shipped prompts the eval uses")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of the doctor and the DPO adapter")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def options_from_args(args: argparse.Namespace) -> RecipeOptions:
+    with_doctors = {}
+    for entry in args.with_doctor:
+        name, sep, folder = entry.partition("=")
+        if not sep or not name or not folder:
+            raise RecipeError(f"--with-doctor {entry!r}: expected NAME=DIR")
+        with_doctors[name] = Path(folder)
+    for flag, value in (("--train-prompts", args.train_prompts), ("--eval-prompts", args.eval_prompts),
+                        ("--epochs", args.epochs)):
+        if value < 1:
+            raise RecipeError(f"{flag} must be at least 1, got {value}")
+    return RecipeOptions(args.dimension, args.output, args.data, with_doctors, args.device, args.train_prompts,
+                         args.eval_prompts, epochs=args.epochs, seed=args.seed)
+
+
+def run_recipe_command(args: argparse.Namespace) -> int:
+    from llmdoctor.training.config import ConfigError
+
+    from llmdoctor.training.cli import pick_device
+
+    try:
+        options = options_from_args(args)
+        options.device = pick_device(options.device)
+        return run_recipe(options)
+    except (RecipeError, ConfigError) as exc:
+        print(f"llmdoctor recipe: {exc}", file=sys.stderr)
+        return EXIT_USAGE

@@ -162,7 +162,8 @@ def _train(config, args: argparse.Namespace, prog: str) -> int:
         print(f"doctor saved to {result.output_dir} ({shown})")
         print(f"serve it with: llmdoctor serve --doctor {config.doctor.dimension}={result.output_dir}")
     elif result.full_model:
-        print(f"model saved to {result.output_dir} ({shown})\nserve it with: llmdoctor serve --model {result.output_dir}")
+        print(f"model saved to {result.output_dir} ({shown})")
+        print(f"serve it with: llmdoctor serve --model {result.output_dir}")
     else:
         print(f"adapter saved to {result.output_dir} ({shown})")
         print(f"serve it with: llmdoctor serve --lora aligned={result.output_dir}  (or POST /v1/adapters)")

@@ -145,7 +145,8 @@ def train_dpo(config: TrainingConfig, device: str = "cpu", resume: Path | None =
     trainer = build_trainer(config, device, data, model, tokenizer)
     # 3) train, save the adapter folder
     return run_trainer(
-        trainer, config.alignment, len(data.train), resume, patient_saver(config, model.name), not config.alignment.use_lora
+        trainer, config.alignment, len(data.train), resume, patient_saver(config, model.name),
+        full_model=not config.alignment.use_lora,
     )
 
 

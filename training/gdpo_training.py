@@ -195,7 +195,8 @@ def precompute_reference(model, dataset: Dataset, collator: GroupCollator, batch
         for start in range(0, len(dataset), batch_size):
             batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            logps = sequence_logps(model(input_ids=ids, attention_mask=mask).logits, ids, batch["completion_mask"].to(device))
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            logps = sequence_logps(logits, ids, batch["completion_mask"].to(device))
             values += [group.tolist() for group in torch.split(logps.cpu(), batch["group_sizes"].tolist())]
     return dataset.add_column("reference_logps", values)
 

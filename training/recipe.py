@@ -74,7 +74,8 @@ def stage_configs(o: RecipeOptions) -> dict:
 
     d, out = DIMENSIONS[o.dimension], o.output.resolve()
     preferences = o.data.resolve() if o.data else out / "data" / "preferences.jsonl"
-    rewards_file, doctor_dir, dpo_dir = out / "data" / "token_rewards.jsonl", out / f"doctor-{o.dimension}", out / f"dpo-{o.dimension}"
+    rewards_file = out / "data" / "token_rewards.jsonl"
+    doctor_dir, dpo_dir = out / f"doctor-{o.dimension}", out / f"dpo-{o.dimension}"
     shipped = len(load_prompts(PROMPTS_FILE))
     # the doctor and the DPO adapter get the same LoRA (the doctor's defaults) and the same steps
     run = {"num_epochs": o.epochs, "batch_size": 4, "save_steps": 10, "save_total_limit": 2, "seed": o.seed,
@@ -225,8 +226,10 @@ def _jsonable(obj) -> dict:
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dimension", metavar="DIMENSION", help=f"what the doctor steers toward: {', '.join(DIMENSIONS)}")
-    parser.add_argument("--output", required=True, type=Path, metavar="DIR", help="folder for everything the recipe makes")
+    parser.add_argument("dimension", metavar="DIMENSION",
+                        help=f"what the doctor steers toward: {', '.join(DIMENSIONS)}")
+    parser.add_argument("--output", required=True, type=Path, metavar="DIR",
+                        help="folder for everything the recipe makes")
     parser.add_argument("--data", type=Path, metavar="FILE", help="your preference file instead of data synth's")
     parser.add_argument("--with-doctor", action="append", default=[], metavar="NAME=DIR",
                         help="another dimension's doctor, for a two-doctor beta grid in the eval (repeatable)")
@@ -234,6 +237,9 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-prompts", type=int, default=128, help="shipped prompts data synth trains on")
     parser.add_argument("--eval-prompts", type=int, default=48, help="held-out shipped prompts the eval uses")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of the doctor and the DPO adapter")
+    parser.add_argument("--k", type=int, default=4, help="responses data synth samples per prompt")
+    parser.add_argument("--max-tokens", type=int, default=48, help="tokens per response, in data synth and eval")
+    parser.add_argument("--betas", default="0.5,1,2,4", metavar="B,B,...", help="doctor betas the eval sweeps")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -244,12 +250,17 @@ def options_from_args(args: argparse.Namespace) -> RecipeOptions:
         if not sep or not name or not folder:
             raise RecipeError(f"--with-doctor {entry!r}: expected NAME=DIR")
         with_doctors[name] = Path(folder)
-    for flag, value in (("--train-prompts", args.train_prompts), ("--eval-prompts", args.eval_prompts),
-                        ("--epochs", args.epochs)):
-        if value < 1:
-            raise RecipeError(f"{flag} must be at least 1, got {value}")
+    for flag, value, least in (("--train-prompts", args.train_prompts, 1), ("--eval-prompts", args.eval_prompts, 1),
+                               ("--epochs", args.epochs, 1), ("--max-tokens", args.max_tokens, 1), ("--k", args.k, 2)):
+        if value < least:
+            raise RecipeError(f"{flag} must be at least {least}, got {value}")
+    try:
+        betas = tuple(float(b) for b in args.betas.split(","))
+    except ValueError:
+        raise RecipeError(f"--betas {args.betas!r}: expected numbers separated by commas, e.g. 0.5,1,2") from None
     return RecipeOptions(args.dimension, args.output, args.data, with_doctors, args.device, args.train_prompts,
-                         args.eval_prompts, epochs=args.epochs, seed=args.seed)
+                         args.eval_prompts, k=args.k, max_tokens=args.max_tokens, epochs=args.epochs, betas=betas,
+                         seed=args.seed)
 
 
 def run_recipe_command(args: argparse.Namespace) -> int:

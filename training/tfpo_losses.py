@@ -65,7 +65,8 @@ def subtb_loss(
     residual = a.unsqueeze(1) - a.unsqueeze(2)  # [b, m, n] = A_n - A_m
     states = torch.arange(a.shape[1], device=a.device)
     span = states.view(1, 1, -1) - states.view(1, -1, 1)  # n - m
-    valid = (span > 0) & (states.view(1, -1, 1) <= lengths.view(-1, 1, 1)) & (states.view(1, 1, -1) <= lengths.view(-1, 1, 1))
+    real = states.view(1, -1) <= lengths.view(-1, 1)  # (B, T + 1): states 0..len
+    valid = (span > 0) & real.unsqueeze(2) & real.unsqueeze(1)
     weights = torch.where(valid, lam ** span.clamp(min=0).to(a.dtype), torch.zeros((), dtype=a.dtype, device=a.device))
     per_row = (weights * residual.square()).sum((1, 2)) / weights.sum((1, 2)).clamp(min=1e-12)
     return per_row.mean()

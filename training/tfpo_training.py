@@ -210,7 +210,9 @@ def doctor_saver(config: DoctorConfig, served_name: str):
         model.policy.save_pretrained(folder, save_embedding_layers=False)
         save_file(model.value_head.state_dict(), str(folder / VALUE_HEAD_FILE))
         metrics = {**metrics, "tfpo": _tfpo_settings(config)}
-        write_adapter_metadata(folder, "doctor", served_name, "tfpo", dimension=config.doctor.dimension, metrics=metrics)
+        write_adapter_metadata(
+            folder, "doctor", served_name, "tfpo", dimension=config.doctor.dimension, metrics=metrics
+        )
 
     return save
 

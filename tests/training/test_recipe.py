@@ -76,3 +76,24 @@ def test_recipe_overlapping_train_and_eval_prompts_exit_2(tmp_path, capsys):
 def test_recipe_missing_data_file_exits_2_naming_the_flag(tmp_path, capsys):
     assert main(["recipe", "positivity", "--output", str(tmp_path), "--data", str(tmp_path / "nope.jsonl")]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_recipe_bad_betas_exit_2_with_the_expected_form(tmp_path, capsys):
+    assert main(["recipe", "positivity", "--output", str(tmp_path), "--betas", "one,two"]) == 2
+    assert "--betas" in capsys.readouterr().err
+
+
+def test_recipe_flags_reach_the_stage_configs(tmp_path):
+    from llmdoctor.training.recipe import add_recipe_arguments, options_from_args, stage_configs
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_recipe_arguments(parser)
+    args = parser.parse_args(["conciseness", "--output", str(tmp_path), "--betas", "1,3", "--k", "3",
+                              "--max-tokens", "20", "--train-prompts", "10", "--eval-prompts", "5"])
+    configs = stage_configs(options_from_args(args))
+    assert (configs["data"].scorer, configs["data"].k, configs["data"].limit, configs["data"].max_tokens) == (
+        "length", 3, 10, 20)
+    assert configs["rewards"].rewards.dimension == "conciseness"
+    assert configs["eval"].betas == [1.0, 3.0] and configs["eval"].prompts.limit == 5
+    assert configs["eval"].prompts.skip + 5 == 307  # the last shipped prompts, never in training

@@ -70,6 +70,8 @@ class EvalConfig(_Section):
     patient_adapters: dict[str, Path] = Field(default_factory=dict)  # name -> patient adapter (DPO, GDPO)
     betas: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])
     grid_betas: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0])
+    # also the patient alone at alpha + beta for each swept beta: the sharpening a doctor gets for free
+    sharpening_controls: bool = False
     alpha: float = 1.0
     scorers: list[str] = Field(default_factory=lambda: ["sentiment", "length"], min_length=1)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)

@@ -35,7 +35,8 @@ class SettingResult:
         row.update({f"beta_{d}": betas.get(d, 0.0) for d in doctors})
         if adapters:
             row["adapter"] = s.adapter or ""
-        row.update({"n": self.n, "mean_tokens": round(self.mean_tokens, 3), "kl_per_token": round(self.kl_per_token, 6)})
+        row.update({"n": self.n, "mean_tokens": round(self.mean_tokens, 3),
+                    "kl_per_token": round(self.kl_per_token, 6)})
         row.update({f"score_{name}": round(value, 6) for name, value in self.scores.items()})
         row.update({"distinct_1": round(self.distinct_1, 4), "distinct_2": round(self.distinct_2, 4),
                     "tokens_per_s": round(self.tokens_per_s, 2), "seconds": round(self.seconds, 2)})
@@ -97,6 +98,11 @@ def plot_frontier(path: Path, results: list[SettingResult], doctors: list[str]) 
             for r in points[1:] if points and points[0].setting.kind == "patient" else points:
                 ax.annotate(f"β={format_beta(r.setting.betas.get(doctor, 0.0))}",
                             (r.kl_per_token, r.scores[scorer]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        controls = sorted((r for r in results if r.setting.kind in ("patient", "control")),
+                          key=lambda r: r.setting.alpha)
+        if len(controls) > 1:
+            ax.plot([r.kl_per_token for r in controls], [r.scores[scorer] for r in controls], linestyle="--",
+                    color="gray", marker=".", label="patient sharpened (alpha = 1 + beta, no doctor)")
         _mark(ax, scorer, [r for r in results if r.setting.kind == "patient"], "s", "black", "patient")
         _mark(ax, scorer, [r for r in results if r.setting.kind == "grid"], "x", "gray", "grid")
         _mark(ax, scorer, [r for r in results if r.setting.kind == "adapter"], "*", "red", "patient adapter")

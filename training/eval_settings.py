@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Literal
 
-SettingKind = Literal["patient", "doctor", "grid", "adapter"]
+SettingKind = Literal["patient", "control", "doctor", "grid", "adapter"]
 
 
 @dataclass(frozen=True)
@@ -40,22 +40,35 @@ def guided(doctors: list[tuple[str, float]], alpha: float, kind: SettingKind) ->
     if not active and alpha == 1.0:
         return Setting("patient", "patient")
     name = "+".join(f"{doctor}@{format_beta(beta)}" for doctor, beta in active) or f"alpha@{format_beta(alpha)}"
-    if alpha != 1.0:
+    if alpha != 1.0 and active:
         name = f"{name}/alpha@{format_beta(alpha)}"
     return Setting(name, "grid" if len(active) > 1 else kind, alpha, active)
 
 
 def plan_settings(
-    doctors: list[str], adapters: list[str], betas: list[float], grid_betas: list[float], alpha: float = 1.0
+    doctors: list[str],
+    adapters: list[str],
+    betas: list[float],
+    grid_betas: list[float],
+    alpha: float = 1.0,
+    controls: bool = False,
 ) -> list[Setting]:
-    """Every setting to generate, each once, in report order: the patient, each doctor alone by beta
-    (the swept betas and those a zero in the grid adds), the grid pairs, the patient adapters."""
+    """Every setting to generate, each once, in report order: the patient, the sharpening controls,
+    each doctor alone by beta (the swept betas and those a zero in the grid adds), the grid pairs,
+    the patient adapters.
+
+    `controls`: for each swept beta, the patient alone at alpha + beta (`alpha@2`). A doctor that
+    starts as a copy of the patient gives p^(alpha + beta) before it learns anything, so this is the
+    point each doctor setting must beat: same sharpening, no tilt."""
     planned: dict[str, Setting] = {}
 
     def add(setting: Setting) -> None:
         planned.setdefault(setting.name, setting)
 
     add(Setting("patient", "patient"))
+    if controls and doctors:
+        for beta in sorted(betas):
+            add(guided([], alpha + beta, "control"))
     for doctor in doctors:
         for beta in sorted(betas):
             add(guided([(doctor, beta)], alpha, "doctor"))
@@ -65,9 +78,11 @@ def plan_settings(
             add(guided([(first, a), (second, b)], alpha, "doctor"))
     for adapter in adapters:
         add(Setting(f"dpo:{adapter}", "adapter", adapter=adapter))
-    order = {"patient": 0, "doctor": 1, "grid": 2, "adapter": 3}
+    order = {"patient": 0, "control": 1, "doctor": 2, "grid": 3, "adapter": 4}
 
     def place(setting: Setting) -> tuple:
+        if setting.kind == "control":
+            return order["control"], 0, setting.alpha
         first = doctors.index(setting.doctors[0][0]) if setting.kind == "doctor" else 0
         return order[setting.kind], first, setting.doctors[0][1] if setting.kind == "doctor" else 0.0
 

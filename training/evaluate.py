@@ -77,7 +77,8 @@ def run_eval(config: EvalConfig, progress: Progress | None = stderr_progress) ->
     check_inputs(config)
     prompts = select_prompts(config)
     doctors, adapters = list(config.doctors), list(config.patient_adapters)
-    settings = plan_settings(doctors, adapters, config.betas, config.grid_betas, config.alpha)
+    settings = plan_settings(doctors, adapters, config.betas, config.grid_betas, config.alpha,
+                             controls=config.sharpening_controls)
     scorers = {name: get_scorer(name) for name in config.scorers}
     model = resolve_model(None if config.model.path == "embedded" else config.model.path)
     check_adapters(config, model.name)

@@ -100,6 +100,7 @@ def stage_configs(o: RecipeOptions) -> dict:
             "doctors": {o.dimension: str(doctor_dir), **{k: str(v) for k, v in o.with_doctors.items()}},
             "patient_adapters": {"dpo": str(dpo_dir)},
             "betas": list(o.betas), "grid_betas": [0.0, 0.5, 1.0, 2.0] if o.with_doctors else [],
+            "sharpening_controls": True,
             "scorers": ["sentiment", "length"], "output_dir": str(out / "eval"), "device": o.device,
             "generation": {"max_tokens": o.max_tokens, "temperature": 1.0, "seed": o.seed + 1},
         }),

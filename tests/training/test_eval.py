@@ -200,3 +200,10 @@ output_dir: {tmp_path / "out"}
     samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 3 * len(rows) and {s["prompt"] for s in samples} == set(PROMPTS)
     assert "cheerful@3" in captured.out and "generated cheerful@3" in captured.err
+
+
+def test_plan_settings_controls_add_the_patient_sharpened_by_each_beta():
+    settings = plan_settings(["a"], [], [0.5, 2.0], [], controls=True)
+    assert [s.name for s in settings] == ["patient", "alpha@1.5", "alpha@3", "a@0.5", "a@2"]
+    control = settings[2]
+    assert (control.kind, control.alpha, control.doctors) == ("control", 3.0, ())

@@ -55,7 +55,7 @@ def test_recipe_output_holds_the_doctor_the_dpo_adapter_the_data_and_the_eval(re
     assert (out / "data" / "preferences.jsonl").is_file() and (out / "data" / "token_rewards.jsonl").is_file()
     assert (out / "eval" / "frontier.png").stat().st_size > 0
     rows = {row["setting"]: row for row in csv.DictReader((out / "eval" / "eval.csv").open())}
-    assert set(rows) == {"patient", "positivity@2", "dpo:dpo"}
+    assert set(rows) == {"patient", "alpha@3", "positivity@2", "dpo:dpo"}  # alpha@3: the sharpening control
     assert float(rows["patient"]["kl_per_token"]) == pytest.approx(0.0, abs=1e-6)
     state = json.loads((out / "recipe.json").read_text())
     assert all(state["stages"][stage]["done"] for stage in recipe.STAGES)

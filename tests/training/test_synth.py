@@ -79,7 +79,9 @@ def test_synth_ctrl_c_leaves_a_valid_file_and_says_how_to_resume(tmp_path):
     command = [sys.executable, "-m", "llmdoctor.server.cli", "data", "synth", "--output", str(out), "--limit", "40",
                "--k", "2", "--max-tokens", "16", "--scorer", "length_long", "--progress-every", "100",
                "--max-batch", "2"]  # small batches: rows land one by one, not all at the end
-    job = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # SIGINT default in the child: a suite started in the background (`cmd &`) passes SIGINT on as ignored
+    job = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (out.is_file() and out.stat().st_size) and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -138,7 +138,8 @@ def run_stage(name: str, config, say) -> str:
             raise KeyboardInterrupt
         if status != 0:
             raise RecipeError("data synth failed (see above)")
-        return f"{sum(1 for _ in open(config.output))} preference rows in {config.output}"
+        rows = len(config.output.read_text(encoding="utf-8").splitlines())
+        return f"{rows} preference rows in {config.output}"
     if name == "rewards":
         from llmdoctor.training.rewards_job import compute_rewards, format_summary
 

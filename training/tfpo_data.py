@@ -11,13 +11,13 @@ tokens: that is refused with both names.
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from llmdoctor.training.data import split_rows
 from llmdoctor.training.data_formats import DataError
 from llmdoctor.training.doctor_config import DoctorDataConfig
 from llmdoctor.training.rewards_job import read_reward_rows, tokenizer_fingerprint
@@ -62,7 +62,7 @@ def load_reward_data(section: DoctorDataConfig, tokenizer, seed: int = 42) -> Do
         kept.append({**{key: row[key] for key in REQUIRED}, "divergence": _divergence(row)})
     if not kept:
         raise DataError(f"data.path {path}: no usable rows (skipped: {dict(skipped)})", "data.path")
-    train, validation = _split(kept, section.validation_fraction, seed)
+    train, validation = split_rows(kept, section.validation_fraction, seed)  # the preference loader's split
     dimension = Counter(row.get("dimension") or "custom" for row in rows).most_common(1)[0][0]
     return DoctorData(train, validation, dimension, skipped)
 
@@ -100,14 +100,6 @@ def _divergence(row: dict) -> int:
     """Where chosen and rejected first differ (-1: one is a prefix of the other, no value pair)."""
     index = first_divergence(row["chosen_ids"], row["rejected_ids"])
     return -1 if index is None else index
-
-
-def _split(rows: list, fraction: float, seed: int) -> tuple[list, list]:
-    if fraction <= 0 or len(rows) < 2:
-        return rows, []
-    size = min(len(rows) - 1, max(1, round(len(rows) * fraction)))
-    picked = set(random.Random(seed).sample(range(len(rows)), size))
-    return [r for i, r in enumerate(rows) if i not in picked], [r for i, r in enumerate(rows) if i in picked]
 
 
 class RowCollator:

@@ -33,11 +33,16 @@ EXIT_INTERRUPTED = 130
 class Dimension:
     scorer: str  # how `data synth` ranks responses, and the score eval reports first
     faces: str  # the faces (faces.py) stage 1 contrasts
+    # RecipeOptions this dimension needs other than the defaults. Conciseness: the patient's answers
+    # run to ~250 tokens, so at 48 every response is cut and none is shorter than another; at 128
+    # about a third end by themselves, which is the signal. Fewer prompts keep it near 30 min on 2 cores.
+    defaults: dict = field(default_factory=dict)
 
 
 DIMENSIONS = {
     "positivity": Dimension(scorer="sentiment", faces="positivity"),
-    "conciseness": Dimension(scorer="length", faces="conciseness"),
+    "conciseness": Dimension(scorer="length", faces="conciseness", defaults={
+        "max_tokens": 128, "train_prompts": 96, "eval_prompts": 32, "betas": (1.0, 2.0, 4.0)}),
 }
 STAGES = ("data", "rewards", "doctor", "dpo", "eval")
 
@@ -59,7 +64,14 @@ class RecipeOptions:
     max_tokens: int = 48
     epochs: int = 2
     betas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    samples_per_prompt: int = 1  # eval: responses per held-out prompt (more = less noisy scores)
     seed: int = 0
+
+    @classmethod
+    def for_dimension(cls, dimension: str, output: Path, **given) -> RecipeOptions:
+        """Options with the dimension's own defaults, then what the user gave (None = not given)."""
+        chosen = DIMENSIONS[dimension].defaults if dimension in DIMENSIONS else {}
+        return cls(dimension, output, **{**chosen, **{k: v for k, v in given.items() if v is not None}})
 
 
 # ---- the configs of each stage -----------------------------------------------------------------------
@@ -99,10 +111,11 @@ def stage_configs(o: RecipeOptions) -> dict:
             "prompts": {"path": str(PROMPTS_FILE), "skip": shipped - o.eval_prompts, "limit": o.eval_prompts},
             "doctors": {o.dimension: str(doctor_dir), **{k: str(v) for k, v in o.with_doctors.items()}},
             "patient_adapters": {"dpo": str(dpo_dir)},
-            "betas": list(o.betas), "grid_betas": [0.0, 0.5, 1.0, 2.0] if o.with_doctors else [],
+            "betas": list(o.betas), "grid_betas": [0.0, 1.0, 2.0] if o.with_doctors else [],
             "sharpening_controls": True,
             "scorers": ["sentiment", "length"], "output_dir": str(out / "eval"), "device": o.device,
-            "generation": {"max_tokens": o.max_tokens, "temperature": 1.0, "seed": o.seed + 1},
+            "generation": {"max_tokens": o.max_tokens, "temperature": 1.0, "seed": o.seed + 1,
+                           "samples_per_prompt": o.samples_per_prompt},
         }),
     }
 
@@ -236,12 +249,17 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--with-doctor", action="append", default=[], metavar="NAME=DIR",
                         help="another dimension's doctor, for a two-doctor beta grid in the eval (repeatable)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--train-prompts", type=int, default=128, help="shipped prompts data synth trains on")
-    parser.add_argument("--eval-prompts", type=int, default=48, help="held-out shipped prompts the eval uses")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs of the doctor and the DPO adapter")
-    parser.add_argument("--k", type=int, default=4, help="responses data synth samples per prompt")
-    parser.add_argument("--max-tokens", type=int, default=48, help="tokens per response, in data synth and eval")
-    parser.add_argument("--betas", default="0.5,1,2,4", metavar="B,B,...", help="doctor betas the eval sweeps")
+    parser.add_argument("--train-prompts", type=int, help="shipped prompts data synth trains on (default 128; "
+                        "conciseness 96)")
+    parser.add_argument("--eval-prompts", type=int, help="held-out shipped prompts the eval uses (default 48; "
+                        "conciseness 32)")
+    parser.add_argument("--epochs", type=int, help="epochs of the doctor and the DPO adapter (default 2)")
+    parser.add_argument("--k", type=int, help="responses data synth samples per prompt (default 4)")
+    parser.add_argument("--max-tokens", type=int, help="tokens per response, in data synth and eval (default 48; "
+                        "conciseness 128)")
+    parser.add_argument("--betas", metavar="B,B,...", help="doctor betas the eval sweeps (default 0.5,1,2,4; "
+                        "conciseness 1,2,4)")
+    parser.add_argument("--samples-per-prompt", type=int, help="eval responses per held-out prompt (default 1)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -253,16 +271,20 @@ def options_from_args(args: argparse.Namespace) -> RecipeOptions:
             raise RecipeError(f"--with-doctor {entry!r}: expected NAME=DIR")
         with_doctors[name] = Path(folder)
     for flag, value, least in (("--train-prompts", args.train_prompts, 1), ("--eval-prompts", args.eval_prompts, 1),
-                               ("--epochs", args.epochs, 1), ("--max-tokens", args.max_tokens, 1), ("--k", args.k, 2)):
-        if value < least:
+                               ("--epochs", args.epochs, 1), ("--max-tokens", args.max_tokens, 1), ("--k", args.k, 2),
+                               ("--samples-per-prompt", args.samples_per_prompt, 1)):
+        if value is not None and value < least:
             raise RecipeError(f"{flag} must be at least {least}, got {value}")
-    try:
-        betas = tuple(float(b) for b in args.betas.split(","))
-    except ValueError:
-        raise RecipeError(f"--betas {args.betas!r}: expected numbers separated by commas, e.g. 0.5,1,2") from None
-    return RecipeOptions(args.dimension, args.output, args.data, with_doctors, args.device, args.train_prompts,
-                         args.eval_prompts, k=args.k, max_tokens=args.max_tokens, epochs=args.epochs, betas=betas,
-                         seed=args.seed)
+    betas = None
+    if args.betas is not None:
+        try:
+            betas = tuple(float(b) for b in args.betas.split(","))
+        except ValueError:
+            raise RecipeError(f"--betas {args.betas!r}: expected numbers separated by commas, e.g. 0.5,1,2") from None
+    return RecipeOptions.for_dimension(
+        args.dimension, args.output, data=args.data, with_doctors=with_doctors, device=args.device,
+        train_prompts=args.train_prompts, eval_prompts=args.eval_prompts, k=args.k, max_tokens=args.max_tokens,
+        epochs=args.epochs, betas=betas, samples_per_prompt=args.samples_per_prompt, seed=args.seed)
 
 
 def run_recipe_command(args: argparse.Namespace) -> int:

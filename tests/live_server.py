@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 START_TIMEOUT = 120.0  # first start may convert the embedded GGUF (~40 s); later starts take ~5 s
+VLLM_START_TIMEOUT = 300.0  # --engine vllm: import ~15 s, engine and worker processes ~30-60 s on 2 busy cores
 
 
 @dataclass
@@ -74,7 +75,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(args: list[str], log_path: Path, api_key: str | None = None) -> LiveServer:
+def start_server(args: list[str], log_path: Path, api_key: str | None = None,
+                 timeout: float = START_TIMEOUT) -> LiveServer:
     """Start `llmdoctor serve ARGS` and wait until GET /health answers 200."""
     port = free_port()
     command = [sys.executable, "-m", "llmdoctor.server.cli", "serve", "--port", str(port), *args]
@@ -84,12 +86,12 @@ def start_server(args: list[str], log_path: Path, api_key: str | None = None) ->
     log = open(log_path, "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     server = LiveServer(process, f"http://127.0.0.1:{port}", log_path, api_key)
-    _wait_healthy(server)
+    _wait_healthy(server, timeout)
     return server
 
 
-def _wait_healthy(server: LiveServer) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
+def _wait_healthy(server: LiveServer, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
@@ -100,4 +102,4 @@ def _wait_healthy(server: LiveServer) -> None:
             pass
         time.sleep(0.2)
     server.stop(signal.SIGKILL)
-    raise RuntimeError(f"server not healthy after {START_TIMEOUT} s:\n{server.log()}")
+    raise RuntimeError(f"server not healthy after {timeout} s:\n{server.log()}")

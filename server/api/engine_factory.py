@@ -95,11 +95,16 @@ def engine_kind(requested: str) -> str:
     """auto -> vllm where it is installed and a GPU is visible, else torch (the CPU default)."""
     if requested != "auto":
         return requested
-    import importlib.util
-
     import torch
 
-    return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None else "torch"
+    if not torch.cuda.is_available():
+        return "torch"
+    from llmdoctor.server.engine.vllm_engine import vllm_available
+
+    if vllm_available():
+        return "vllm"
+    logger.warning("--engine auto: a GPU is visible but vLLM does not import; serving with the torch engine")
+    return "torch"
 
 
 def build_engine(settings: ServerSettings) -> Engine:

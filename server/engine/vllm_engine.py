@@ -67,6 +67,7 @@ class VllmEngine:
         max_lora_rank: int = 64,
         max_loras: int = 4,
         on_gpu: bool = False,
+        doctors_enabled: bool = True,  # False: plain vLLM, no processor (the benchmark's baseline)
     ):
         self.model_name = model.name
         self.model_folder = model.folder
@@ -76,6 +77,7 @@ class VllmEngine:
         self._requested_max_len = max_model_len
         self.dtype = dtype if dtype != "auto" else ("bfloat16" if on_gpu else "float32")
         self.max_lora_rank, self.max_loras, self.on_gpu = max_lora_rank, max_loras, on_gpu
+        self.doctors_enabled = doctors_enabled
         self.max_model_len = 0
         self.vocab_size = 0
         self.eos_token_ids: tuple[int, ...] = ()
@@ -127,8 +129,8 @@ class VllmEngine:
             enable_lora=True,  # patient adapters hot-load only into an engine started with LoRA on
             max_lora_rank=self.max_lora_rank,
             max_loras=self.max_loras,
-            logits_processors=[PROCESSOR],
-            worker_extension_cls=WORKER_EXTENSION,
+            logits_processors=[PROCESSOR] if self.doctors_enabled else None,
+            worker_extension_cls=WORKER_EXTENSION if self.doctors_enabled else "",
             additional_config={"llmdoctor": {"doctor_base": str(self.doctor_folder)}},
             # logprobs of the distribution the token was drawn from: after the doctor rule (and temperature)
             logprobs_mode="processed_logprobs",
@@ -264,6 +266,8 @@ class VllmEngine:
             except Exception as exc:  # noqa: BLE001 - vLLM's own checks (modules, shapes) as a 400
                 raise AdapterError(f"adapter '{name}' at {path} does not fit the model: {exc}", "path") from exc
             self._loras[name] = lora
+        elif not self.doctors_enabled:
+            raise AdapterError("this vllm engine was started without the doctor processor", "kind")
         else:
             errors = await self._on_engine_loop(self._llm.collective_rpc("llmdoctor_load_doctor", args=(name, path)))
             error = next((e for e in errors if e), None)

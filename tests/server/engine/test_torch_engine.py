@@ -1,5 +1,4 @@
 import asyncio
-import itertools
 
 import pytest
 import torch
@@ -9,24 +8,10 @@ from transformers import AutoModelForCausalLM
 from llmdoctor.server.engine.decode_rule import combine_logprobs
 from llmdoctor.server.engine.protocol import DoctorWeight, GenerateRequest, Guidance, SamplingParams
 from llmdoctor.server.errors import ContextOverflowError, InvalidRequestError, NotFoundError
+from tests.server.engine.engine_calls import collect as _collect
+from tests.server.engine.engine_calls import make_request as _request
 
 PROMPTS = ["The capital of France is", "Once upon a time, in a small village,", "def fibonacci(n):"]
-_ids = itertools.count()
-
-
-def _request(tokenizer, prompt, guidance=Guidance(), adapter=None, **sampling):
-    sampling = {"max_tokens": 16, "temperature": 0.0, **sampling}
-    ids = tuple(tokenizer(prompt)["input_ids"])
-    return GenerateRequest(f"t{next(_ids)}", ids, SamplingParams(**sampling), guidance, adapter)
-
-
-async def _collect(engine, request):
-    tokens, logprobs, last = [], [], None
-    async for event in engine.generate(request):
-        tokens += event.token_ids
-        logprobs += event.logprobs or ()
-        last = event
-    return tokens, logprobs, last
 
 
 def _hf_greedy(model, tokenizer, prompt, n):

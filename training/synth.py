@@ -5,10 +5,12 @@ Rows (JSONL, one per prompt; the prompt is the plain user text, so the trainer a
 template it trains with, the same one used here to sample):
 - pairwise: {"prompt", "chosen" (best-scored), "rejected" (worst-scored), "meta"}
 - ranked:   {"prompt", "responses" (best-first), "scores" (same order), "meta"}
-`meta` = {"scorer", "scores" (best-first), "model"}. Empty responses and repeats of the same text
+`meta` = {"scorer", "scores" (best-first), "model", "truncated" (best-first: which responses were
+cut at --max-tokens rather than ended by the model; training gives those no end-of-turn token)}. Empty responses and repeats of the same text
 are dropped first (the trainer's data checks would flag them), so a ranked row may hold fewer than
 K; a prompt left with fewer than 2 responses, or whose responses all score the same, carries no
-preference and is not written, in either format; the summary counts these prompts.
+preference and is not written, in either format; nor, for the `length` scorer, one whose shortest
+response was cut at --max-tokens (a cut length is only a lower bound); the summary counts these.
 
 Resumable: rows are appended and flushed one by one, keyed by prompt; a rerun with the same
 --output skips the prompts already there. Each response's seed derives from (--seed, prompt,
@@ -136,12 +138,20 @@ def distinct(responses: list[str], scores: list[float]) -> tuple[list[str], list
     return list(seen), list(seen.values())
 
 
-def make_row(prompt: str, responses: list[str], scores: list[float], fmt: str, scorer: str, model: str) -> dict | None:
-    """The output row for one prompt, or None when it holds no preference (see the module doc)."""
+def make_row(prompt: str, responses: list[str], scores: list[float], fmt: str, scorer: str, model: str,
+             cut: frozenset[str] = frozenset()) -> dict | None:
+    """The output row for one prompt, or None when it holds no preference (see the module doc).
+    `cut`: the response texts that hit --max-tokens."""
     ranked, ranked_scores = rank(*distinct(responses, scores))
     if len(ranked) < 2 or ranked_scores[0] == ranked_scores[-1]:
         return None
-    meta = {"scorer": scorer, "scores": ranked_scores, "model": model}
+    if scorer == "length" and ranked[0] in cut:
+        # A cut response's length is only a lower bound: when even the shortest was cut, nothing here
+        # says which answer is more concise (the pair would teach noise).
+        return None
+    meta = {"scorer": scorer, "scores": ranked_scores, "model": model, "truncated": [r in cut for r in ranked]}
+    if fmt == "pairwise":
+        meta["truncated"] = [meta["truncated"][0], meta["truncated"][-1]]
     if fmt == "pairwise":
         return {"prompt": prompt, "chosen": ranked[0], "rejected": ranked[-1], "meta": meta}
     return {"prompt": prompt, "responses": ranked, "scores": ranked_scores, "meta": meta}
@@ -159,22 +169,26 @@ class Sampler:
         self.options = options
         self._request_ids = itertools.count()
 
-    async def complete(self, prompt: str) -> list[str]:
+    async def complete(self, prompt: str) -> tuple[list[str], frozenset[str]]:
+        """K responses, and the ones cut at max_tokens (not ended by the model)."""
         ids = self.prompt_tokenizer.encode_chat([{"role": "user", "content": prompt}], True, False)
-        return list(await asyncio.gather(*(self._one(prompt, ids, i) for i in range(self.options.k))))
+        done = await asyncio.gather(*(self._one(prompt, ids, i) for i in range(self.options.k)))
+        return [text for text, _ in done], frozenset(text for text, cut in done if cut)
 
-    async def _one(self, prompt: str, ids: list[int], index: int) -> str:
+    async def _one(self, prompt: str, ids: list[int], index: int) -> tuple[str, bool]:
         from llmdoctor.server.engine.protocol import GenerateRequest, SamplingParams
 
         o = self.options
         sampling = SamplingParams(o.max_tokens, o.temperature, seed=response_seed(o.seed, prompt, index))
         request = GenerateRequest(f"synth-{next(self._request_ids)}", tuple(ids), sampling)
         tokens: list[int] = []
+        finish = None
         async for event in self.engine.generate(request):
             if event.error:
                 raise RuntimeError(f"the engine failed a request: {event.error}")
             tokens += event.token_ids
-        return self.prompt_tokenizer.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            finish = event.finish_reason or finish
+        return self.prompt_tokenizer.tokenizer.decode(tokens, skip_special_tokens=True).strip(), finish == "length"
 
 
 # ---------------------------------------------------------------- the job
@@ -254,9 +268,9 @@ async def synthesize(options: SynthOptions, todo: list[str], stats: SynthStats, 
     async def worker(out) -> None:
         while not queue.empty():
             prompt = queue.get_nowait()
-            responses = await sampler.complete(prompt)
+            responses, cut = await sampler.complete(prompt)
             scores = [scorer(prompt, r) for r in responses]
-            row = make_row(prompt, responses, scores, options.format, options.scorer, model.name)
+            row = make_row(prompt, responses, scores, options.format, options.scorer, model.name, cut)
             if row is None:
                 stats.no_preference += 1
             else:

@@ -299,6 +299,18 @@ def test_load_preferences_gdpo_scores_rank_descending(tmp_path):
     assert row.responses == ("great", "ok", "bad")
 
 
+def test_truncated_flags_from_data_synth_follow_their_responses(tmp_path):
+    rows = [{"prompt": "Hi?", "responses": ["ok", "bad", "great"], "scores": [0.5, -1, 2],
+             "meta": {"truncated": [True, False, False]}},
+            {"prompt": "Yo?", "chosen": "a", "rejected": "b", "meta": {"truncated": [False, True]}},
+            {"prompt": "No?", "chosen": "a", "rejected": "b", "meta": {"truncated": "junk"}}]
+    ranked = load(write_jsonl(tmp_path / "r.jsonl", rows[:1]), "gdpo", scores_field="scores").rows[0]
+    assert ranked.responses == ("great", "ok", "bad") and ranked.truncated == (False, True, False)
+    pairwise = load(write_jsonl(tmp_path / "p.jsonl", rows[1:]), "dpo").rows
+    assert pairwise[0].truncated == (False, True) and pairwise[0].to_record()["truncated"] == [False, True]
+    assert pairwise[1].truncated is None and pairwise[1].to_record()["truncated"] == [False, False]
+
+
 def test_load_preferences_gdpo_score_ties_keep_input_order(tmp_path):
     rows = [{"prompt": "Hi?", "responses": ["a", "b", "c", "d"], "scores": [1, 2, 1, 2]}]
     row = load(write_jsonl(tmp_path / "p.jsonl", rows), "gdpo", scores_field="scores").rows[0]

@@ -105,6 +105,17 @@ def test_tokenize_group_splits_the_templated_conversation_into_prompt_and_respon
     assert tokenizer.decode(group["response_ids"][0]).startswith(CHEERFUL)
 
 
+def test_tokenize_group_gives_a_response_cut_at_the_length_limit_no_end_of_turn(embedded_model):
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model.folder)
+    record = {"prompt": "Hi?", "responses": [CHEERFUL, GLOOMY], "truncated": [False, True]}
+    ended, cut = tokenize_group(record, tokenizer, chat=True)["response_ids"]
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert end_of_turn in ended and end_of_turn not in cut
+    assert tokenizer.decode(cut) == GLOOMY  # the reply itself, nothing the template adds after it
+    plain = tokenize_group({**record, "prompt": "Hi?"}, tokenizer, chat=False)["response_ids"]
+    assert plain[0][-1] == tokenizer.eos_token_id and plain[1][-1] != tokenizer.eos_token_id
+
+
 def test_regroup_by_k_keeps_groups_whole_and_in_order():
     groups = regroup_by_k(torch.arange(7.0), [2, 3, 2])
     assert groups[2].tolist() == [[0, 1], [5, 6]] and groups[3].tolist() == [[2, 3, 4]]

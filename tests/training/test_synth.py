@@ -48,15 +48,15 @@ def one_thread():
 
 def test_synth_ranked_run_writes_one_row_per_prompt_with_a_preference(tmp_path, one_thread):
     prompts, out, err = _write_prompts(tmp_path / "p.jsonl", PROMPTS), tmp_path / "out.jsonl", io.StringIO()
-    options = SynthOptions(prompts, out, scorer="length", k=2, format="ranked", max_tokens=8, progress_every=1)
+    options = SynthOptions(prompts, out, scorer="sentiment", k=2, format="ranked", max_tokens=8, progress_every=1)
     assert run(options, err) == 0
     rows = _rows(out)
     assert 1 <= len(rows) <= 3 and len({r["prompt"] for r in rows}) == len(rows)
     for row in rows:
         assert row["prompt"] in PROMPTS and len(row["responses"]) == 2
-        assert row["scores"] == [-len(r.split()) for r in row["responses"]]  # length scorer, best first
-        assert row["scores"][0] > row["scores"][1]
-        assert row["meta"]["scorer"] == "length" and row["meta"]["scores"] == row["scores"]
+        assert row["scores"][0] > row["scores"][1]  # best first
+        assert row["meta"]["scorer"] == "sentiment" and row["meta"]["scores"] == row["scores"]
+        assert row["meta"]["truncated"] == [True, True]  # 8 tokens: every answer was cut, none ended
     assert "3/3 prompts" in err.getvalue() and "prompts/s" in err.getvalue()
     assert f"wrote {len(rows)} rows" in err.getvalue() and f"{3 - len(rows)} prompts skipped" in err.getvalue()
 
@@ -159,7 +159,29 @@ def test_rank_sorts_best_first_and_keeps_ties_in_order():
 def test_make_row_pairwise_takes_best_and_worst():
     row = make_row("p", ["ok", "great", "bad"], [0.0, 0.9, -0.5], "pairwise", "sentiment", "m")
     assert row == {"prompt": "p", "chosen": "great", "rejected": "bad",
-                   "meta": {"scorer": "sentiment", "scores": [0.9, 0.0, -0.5], "model": "m"}}
+                   "meta": {"scorer": "sentiment", "scores": [0.9, 0.0, -0.5], "model": "m",
+                            "truncated": [False, False]}}
+
+
+def test_make_row_marks_the_responses_cut_at_max_tokens_best_first():
+    cut = frozenset({"bad", "ok"})
+    pairwise = make_row("p", ["ok", "great", "bad"], [0.0, 0.9, -0.5], "pairwise", "length", "m", cut)
+    assert pairwise["meta"]["truncated"] == [False, True]  # chosen "great" ended, rejected "bad" was cut
+    ranked = make_row("p", ["ok", "great", "bad"], [0.0, 0.9, -0.5], "ranked", "length", "m", cut)
+    assert ranked["meta"]["truncated"] == [False, True, True]
+
+
+def test_synth_length_rows_need_a_response_that_ended(tmp_path, one_thread):
+    prompts, out, err = _write_prompts(tmp_path / "p.jsonl", PROMPTS), tmp_path / "out.jsonl", io.StringIO()
+    assert run(SynthOptions(prompts, out, scorer="length", k=2, max_tokens=8), err) == 0
+    assert _rows(out) == [] and "3 prompts skipped" in err.getvalue()
+
+
+def test_make_row_length_has_no_preference_when_even_the_shortest_response_was_cut():
+    everything_cut = frozenset({"a b", "a b c"})
+    assert make_row("p", ["a b", "a b c"], [-2.0, -3.0], "pairwise", "length", "m", everything_cut) is None
+    # sentiment of a cut response still means something: the row stays
+    assert make_row("p", ["a b", "a b c"], [0.5, -0.5], "pairwise", "sentiment", "m", everything_cut) is not None
 
 
 def test_make_row_ranked_keeps_all_responses():

@@ -116,3 +116,17 @@ def test_a_batch_without_guided_rows_is_returned_as_is(processor):
 def test_validate_params_names_the_bad_field(extra_args, field):
     with pytest.raises(ValueError, match=field.replace("[", r"\[").replace("]", r"\]")):
         vllm_doctor_processor.DoctorLogitsProcessor.validate_params(vllm.SamplingParams(extra_args=extra_args))
+
+
+def test_a_failing_doctor_step_leaves_the_batch_unguided_for_that_step_and_recovers(processor, reference_doctor,
+                                                                                   caplog):
+    """A doctor the worker does not hold (the API and the worker out of step) must not kill vLLM's engine."""
+    ghost = Request([1, 504, 3458], Guidance(doctors=(DoctorWeight("ghost", 1.0),)))
+    processor.update_state(BatchUpdate(1, removed=[], added=[ghost.added(0)], moved=[]))
+    logits = torch.randn(1, 49152)
+    before = logits.clone()
+    assert torch.equal(processor.apply(logits), before)
+    assert "doctor step failed" in caplog.text
+    good = Request([1, 7042, 30], GUIDED)  # the ghost leaves; a good request joins and is guided again
+    processor.update_state(BatchUpdate(1, removed=[], added=[good.added(0)], moved=[]))
+    check_step(processor, reference_doctor, {0: good})

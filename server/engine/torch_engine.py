@@ -26,6 +26,7 @@ from llmdoctor.server.engine.adapter_table import AdapterTable, adapter_facts, w
 from llmdoctor.server.engine.decode_rule import combine_logprobs, logprobs_from_logits
 from llmdoctor.server.engine.doctor_runner import DoctorRunner
 from llmdoctor.server.engine.lora_host import LoraHost
+from llmdoctor.server.engine.model_checks import check_full_attention, check_same_vocabulary, eos_ids, max_model_len
 from llmdoctor.server.engine.protocol import (
     AdapterInfo,
     AdapterKind,
@@ -46,9 +47,6 @@ from llmdoctor.server.errors import (
 from llmdoctor.server.model_store import ResolvedModel
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_MODEL_LEN = 2048  # a CPU serves short contexts; --max-model-len raises it
-
 
 class TorchEngine:
     """Implements `Engine` (protocol.py) with transformers + peft on CPU or one GPU."""
@@ -99,22 +97,22 @@ class TorchEngine:
         patient = self._load_model(self.model_folder)
         config = patient.config
         self.vocab_size = config.vocab_size
-        self.max_model_len = _max_model_len(config, self._requested_max_len)
-        self.eos_token_ids = _eos_ids(patient)
+        self.max_model_len = max_model_len(config, self._requested_max_len)
+        self.eos_token_ids = eos_ids(patient.generation_config, patient.config)
         pad = self.eos_token_ids[0] if self.eos_token_ids else 0
         self.patient_rows = RowBatch(LoraHost(patient), pad, self.dtype)
         if self._doctor_source is None:
             self.doctors = DoctorRunner(self.patient_rows, shared=True)
         else:
             doctor = self._load_model(self._doctor_source.folder)
-            _check_same_vocabulary(self.model_folder, self._doctor_source.folder)
+            check_same_vocabulary(self.model_folder, self._doctor_source.folder)
             self.doctors = DoctorRunner(RowBatch(LoraHost(doctor), pad, self.dtype), shared=False)
 
     def _load_model(self, folder: Path):
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=self.dtype).to(self.device).eval()
-        _check_full_attention(model.config, folder)
+        check_full_attention(model.config, folder)
         return model
 
     @property
@@ -363,42 +361,3 @@ def _logprob_info(logprobs: torch.Tensor, token: int, top: int | None) -> tuple[
     if top is None:
         return None
     return (TokenLogprob(token, float(logprobs[token]), top_logprobs(logprobs, top)),)
-
-
-def _max_model_len(config, requested: int | None) -> int:
-    native = getattr(config, "max_position_embeddings", None) or DEFAULT_MAX_MODEL_LEN
-    if requested is None:
-        return min(native, DEFAULT_MAX_MODEL_LEN)
-    if requested > native:
-        raise InvalidRequestError(f"--max-model-len {requested} exceeds the model's {native} positions", "max_model_len")
-    return requested
-
-
-def _eos_ids(model) -> tuple[int, ...]:
-    eos = model.generation_config.eos_token_id if model.generation_config else None
-    eos = eos if eos is not None else model.config.eos_token_id
-    if eos is None:
-        return ()
-    return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
-
-
-def _check_full_attention(config, folder: Path) -> None:
-    """The row cache assumes every layer attends to the whole prefix."""
-    layer_types = getattr(config, "layer_types", None) or []
-    if "sliding_attention" in layer_types or getattr(config, "use_sliding_window", False):
-        raise InvalidRequestError(f"{folder}: sliding-window attention is not supported by the torch engine", "model")
-
-
-def _check_same_vocabulary(patient_folder: Path, doctor_folder: Path) -> None:
-    """DESIGN.md: patient and doctor must share a tokenizer; refuse a mismatch at load time."""
-    from transformers import AutoTokenizer
-
-    a = AutoTokenizer.from_pretrained(patient_folder).get_vocab()
-    b = AutoTokenizer.from_pretrained(doctor_folder).get_vocab()
-    if a != b:
-        raise InvalidRequestError(
-            f"the doctor base {doctor_folder} has a different tokenizer from the patient {patient_folder} "
-            f"({len(b)} vs {len(a)} tokens, {len(set(a.items()) ^ set(b.items()))} entries differ); "
-            "doctors must share the patient's vocabulary",
-            "doctor_base",
-        )

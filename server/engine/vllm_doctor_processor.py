@@ -27,6 +27,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 from llmdoctor.server.engine.decode_rule import combine_logprobs, logprobs_from_logits
 from llmdoctor.server.engine.doctor_runner import DoctorRunner
 from llmdoctor.server.engine.lora_host import LoraHost
+from llmdoctor.server.engine.model_checks import check_full_attention, eos_ids
 from llmdoctor.server.engine.row_batch import RowBatch, StepPlan
 from llmdoctor.server.engine.vllm_guidance import EXTRA_ARGS_KEY, RowGuidance, parse_guidance
 from llmdoctor.server.errors import AdapterError
@@ -43,14 +44,12 @@ class DoctorHost:
     def __init__(self, folder: str, dtype: torch.dtype, device: torch.device, vocab_size: int):
         from transformers import AutoModelForCausalLM
 
-        from llmdoctor.server.engine.torch_engine import _check_full_attention, _eos_ids
-
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
-        _check_full_attention(model.config, folder)
+        check_full_attention(model.config, folder)
         if model.config.vocab_size != vocab_size:
             raise ValueError(f"doctor base {folder} has {model.config.vocab_size} logits, the patient {vocab_size}; "
                              "doctors must share the patient's vocabulary")
-        eos = _eos_ids(model)
+        eos = eos_ids(model.generation_config, model.config)
         self.runner = DoctorRunner(RowBatch(LoraHost(model), eos[0] if eos else 0, dtype), shared=False)
         logger.info("doctor runner ready in the vLLM engine process: base %s on %s", folder, device)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import os
 import threading
@@ -21,6 +20,7 @@ from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 
 from llmdoctor.server.engine.adapter_table import AdapterTable, adapter_facts, wanted_adapters
+from llmdoctor.server.engine.model_checks import check_same_vocabulary, eos_ids, max_model_len
 from llmdoctor.server.engine.protocol import (
     AdapterInfo,
     AdapterKind,
@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 PROCESSOR = "llmdoctor.server.engine.vllm_doctor_processor:DoctorLogitsProcessor"
 WORKER_EXTENSION = "llmdoctor.server.engine.vllm_doctor_processor.DoctorWorkerExtension"
-DEFAULT_MAX_MODEL_LEN = 2048
 FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
 
 
@@ -94,18 +93,18 @@ class VllmEngine:
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        from llmdoctor.server.engine.torch_engine import _check_same_vocabulary
+        from transformers import AutoConfig, GenerationConfig
 
-        config = _read_json(self.model_folder / "config.json")
-        self.vocab_size = int(config["vocab_size"])
-        native = int(config.get("max_position_embeddings") or DEFAULT_MAX_MODEL_LEN)
-        if self._requested_max_len and self._requested_max_len > native:
-            raise InvalidRequestError(f"--max-model-len {self._requested_max_len} exceeds the model's {native} "
-                                      "positions", "max_model_len")
-        self.max_model_len = self._requested_max_len or min(native, DEFAULT_MAX_MODEL_LEN)
-        self.eos_token_ids = _eos_ids(self.model_folder, config)
+        config = AutoConfig.from_pretrained(self.model_folder)
+        try:
+            generation = GenerationConfig.from_pretrained(self.model_folder)
+        except OSError:  # no generation_config.json
+            generation = None
+        self.vocab_size = config.vocab_size
+        self.max_model_len = max_model_len(config, self._requested_max_len)
+        self.eos_token_ids = eos_ids(generation, config)
         if self._doctor_source is not None:
-            _check_same_vocabulary(self.model_folder, self._doctor_source.folder)
+            check_same_vocabulary(self.model_folder, self._doctor_source.folder)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="llmdoctor-vllm", daemon=True)
         self._thread.start()
@@ -381,16 +380,3 @@ def _set_vllm_environment(on_gpu: bool) -> None:
             logger.info("doctors run in vLLM's V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0)")
     else:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache; vLLM's CPU default is larger
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _eos_ids(folder: Path, config: dict) -> tuple[int, ...]:
-    generation = folder / "generation_config.json"
-    eos = _read_json(generation).get("eos_token_id") if generation.is_file() else None
-    eos = eos if eos is not None else config.get("eos_token_id")
-    if eos is None:
-        return ()
-    return tuple(eos) if isinstance(eos, list) else (int(eos),)

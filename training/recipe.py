@@ -37,12 +37,14 @@ class Dimension:
     # run to ~250 tokens, so at 48 every response is cut and none is shorter than another; at 128
     # about a third end by themselves, which is the signal. Fewer prompts keep it near 30 min on 2 cores.
     defaults: dict = field(default_factory=dict)
+    # data synth --sentence-cuts: pairs that differ only in where the answer stops (synth.py)
+    sentence_cuts: bool = False
 
 
 DIMENSIONS = {
     "positivity": Dimension(scorer="sentiment", faces="positivity"),
     "conciseness": Dimension(scorer="length", faces="conciseness", defaults={
-        "max_tokens": 128, "train_prompts": 96, "eval_prompts": 32, "betas": (1.0, 2.0, 4.0)}),
+        "max_tokens": 128, "train_prompts": 96, "eval_prompts": 32, "betas": (1.0, 2.0, 4.0)}, sentence_cuts=True),
 }
 STAGES = ("data", "rewards", "doctor", "dpo", "eval")
 
@@ -94,7 +96,7 @@ def stage_configs(o: RecipeOptions) -> dict:
            "lora_r": 16, "lora_alpha": 32, "target_modules": list(ALL_LINEAR)}
     return {
         "data": SynthOptions(prompts=PROMPTS_FILE, output=preferences, scorer=d.scorer, k=o.k, max_tokens=o.max_tokens,
-                             seed=o.seed, limit=o.train_prompts),
+                             seed=o.seed, limit=o.train_prompts, sentence_cuts=d.sentence_cuts),
         "rewards": RewardsConfig.model_validate({
             "dataset": {"path": str(preferences)}, "device": o.device,
             "rewards": {"dimension": d.faces, "output": str(rewards_file), "batch_size": 8},

@@ -6,11 +6,20 @@ template it trains with, the same one used here to sample):
 - pairwise: {"prompt", "chosen" (best-scored), "rejected" (worst-scored), "meta"}
 - ranked:   {"prompt", "responses" (best-first), "scores" (same order), "meta"}
 `meta` = {"scorer", "scores" (best-first), "model", "truncated" (best-first: which responses were
-cut at --max-tokens rather than ended by the model; training gives those no end-of-turn token)}. Empty responses and repeats of the same text
+cut at --max-tokens rather than ended by the model; training gives those no end-of-turn token),
+"sentence_cut" (with --sentence-cuts: the chosen response is the rejected one ended after its first
+sentence)}. Empty responses and repeats of the same text
 are dropped first (the trainer's data checks would flag them), so a ranked row may hold fewer than
 K; a prompt left with fewer than 2 responses, or whose responses all score the same, carries no
 preference and is not written, in either format; nor, for the `length` scorer, one whose shortest
 response was cut at --max-tokens (a cut length is only a lower bound); the summary counts these.
+
+--sentence-cuts (the recipe's conciseness data): each sampled response also stands as a candidate
+ended after its first sentence of at least MIN_CUT_WORDS words. A verbose patient rarely ends an
+answer by itself within --max-tokens, so sampling alone gives few pairs that differ in where they
+stop; a cut and its own full response share every token up to the cut and differ only in ending
+there (end-of-turn) or going on, which is exactly the decision conciseness is about. When a cut
+wins, the pair is (cut, its source), not (cut, some other response), to keep that shared prefix.
 
 Resumable: rows are appended and flushed one by one, keyed by prompt; a rerun with the same
 --output skips the prompts already there. Each response's seed derives from (--seed, prompt,
@@ -26,6 +35,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import re
 import sys
 import time
 import zlib
@@ -62,6 +72,7 @@ class SynthOptions:
     model: str | None = None  # None = the embedded default
     max_batch: int = 32  # engine rows decoded together (32 measured faster than 16 on 2 cores)
     progress_every: int = 10
+    sentence_cuts: bool = False  # also offer each response ended after its first sentence (module doc)
 
 
 @dataclass
@@ -138,10 +149,26 @@ def distinct(responses: list[str], scores: list[float]) -> tuple[list[str], list
     return list(seen), list(seen.values())
 
 
+MIN_CUT_WORDS = 6
+_SENTENCE_END = re.compile(r"[.!?](?=[\s\"')\]]|$)[\"')\]]*")
+
+
+def sentence_cut(text: str, min_words: int = MIN_CUT_WORDS) -> str | None:
+    """`text` ended after its first sentence of at least `min_words` words, or None when there is no
+    such sentence end before the text's own end."""
+    for end in _SENTENCE_END.finditer(text):
+        head = text[: end.end()].rstrip()
+        if len(head.split()) >= min_words:
+            return head if text[end.end():].strip() else None
+    return None
+
+
 def make_row(prompt: str, responses: list[str], scores: list[float], fmt: str, scorer: str, model: str,
-             cut: frozenset[str] = frozenset()) -> dict | None:
+             cut: frozenset[str] = frozenset(), sources: dict[str, str] | None = None) -> dict | None:
     """The output row for one prompt, or None when it holds no preference (see the module doc).
-    `cut`: the response texts that hit --max-tokens."""
+    `cut`: the response texts that hit --max-tokens. `sources`: sentence cut -> the response it was
+    cut from (--sentence-cuts); a winning cut is paired with its source."""
+    sources = sources or {}
     ranked, ranked_scores = rank(*distinct(responses, scores))
     if len(ranked) < 2 or ranked_scores[0] == ranked_scores[-1]:
         return None
@@ -151,10 +178,22 @@ def make_row(prompt: str, responses: list[str], scores: list[float], fmt: str, s
         return None
     meta = {"scorer": scorer, "scores": ranked_scores, "model": model, "truncated": [r in cut for r in ranked]}
     if fmt == "pairwise":
-        meta["truncated"] = [meta["truncated"][0], meta["truncated"][-1]]
-    if fmt == "pairwise":
-        return {"prompt": prompt, "chosen": ranked[0], "rejected": ranked[-1], "meta": meta}
+        worst = ranked.index(sources[ranked[0]]) if ranked[0] in sources else len(ranked) - 1
+        meta["truncated"] = [meta["truncated"][0], meta["truncated"][worst]]
+        if ranked[0] in sources:
+            meta["sentence_cut"] = True
+        return {"prompt": prompt, "chosen": ranked[0], "rejected": ranked[worst], "meta": meta}
     return {"prompt": prompt, "responses": ranked, "scores": ranked_scores, "meta": meta}
+
+
+def with_sentence_cuts(responses: list[str]) -> dict[str, str]:
+    """cut -> source for every response that has a sentence cut (the first source wins a repeat)."""
+    sources: dict[str, str] = {}
+    for response in responses:
+        head = sentence_cut(response)
+        if head is not None and head not in sources:
+            sources[head] = response
+    return sources
 
 
 # ---------------------------------------------------------------- sampling
@@ -269,8 +308,10 @@ async def synthesize(options: SynthOptions, todo: list[str], stats: SynthStats, 
         while not queue.empty():
             prompt = queue.get_nowait()
             responses, cut = await sampler.complete(prompt)
+            sources = with_sentence_cuts(responses) if options.sentence_cuts else {}
+            responses = responses + [c for c in sources if c not in responses]
             scores = [scorer(prompt, r) for r in responses]
-            row = make_row(prompt, responses, scores, options.format, options.scorer, model.name, cut)
+            row = make_row(prompt, responses, scores, options.format, options.scorer, model.name, cut, sources)
             if row is None:
                 stats.no_preference += 1
             else:
@@ -333,6 +374,8 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="patient: 'embedded' (default), a folder or a .gguf")
     parser.add_argument("--max-batch", type=int, default=32, help="engine rows decoded together")
     parser.add_argument("--progress-every", type=int, default=10, help="a progress line every N prompts")
+    parser.add_argument("--sentence-cuts", action="store_true",
+                        help="also rank each response ended after its first sentence (conciseness data)")
 
 
 def options_from_args(args: argparse.Namespace) -> SynthOptions:
@@ -340,6 +383,7 @@ def options_from_args(args: argparse.Namespace) -> SynthOptions:
         prompts=args.prompts, output=args.output, scorer=args.scorer, k=args.k, format=args.format,
         max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed, limit=args.limit,
         model=args.model, max_batch=args.max_batch, progress_every=args.progress_every,
+        sentence_cuts=args.sentence_cuts,
     )
 
 

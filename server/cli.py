@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from llmdoctor.server.batch.batch_job import add_batch_arguments, run_batch_command  # Ray loads inside the run
 from llmdoctor.server.config import (
     ConfigError,
     ServerSettings,
@@ -46,9 +47,12 @@ class Command:
 _LIST_METAVARS = {"doctor": "NAME=PATH", "lora": "NAME=PATH", "adapter_root": "DIR"}
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per ServerSettings field; unset flags fall back to the env var, then the default."""
+def add_settings_arguments(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    """One flag per ServerSettings field (`only`: just those); unset flags fall back to the env var,
+    then the default."""
     for field, info in ServerSettings.model_fields.items():
+        if only is not None and field not in only:
+            continue
         default = info.get_default(call_default_factory=True)
         shown = "" if default in (None, []) else f", default {default}"
         text = f"{info.description} (env {env_name(field)}{shown})"
@@ -74,6 +78,12 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"llmdoctor serve: invalid settings\n{describe_validation_error(exc)}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings.log_level)
+    if settings.replicas is not None:
+        return run_serve_replicated(settings)
+    if settings.ray_address is not None:
+        print("llmdoctor serve: --ray-address needs --replicas N (without it the engine runs in this process)",
+              file=sys.stderr)
+        return EXIT_USAGE
     from llmdoctor.server.api.server_runner import serve  # imports uvicorn, fastapi, torch
     from llmdoctor.server.model_store import ModelNotFoundError
 
@@ -82,6 +92,18 @@ def run_serve(args: argparse.Namespace) -> int:
     except (ConfigError, ModelNotFoundError, LLMDoctorError) as exc:
         print(f"llmdoctor serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    return 0
+
+
+def run_serve_replicated(settings: ServerSettings) -> int:
+    """--replicas N: the API on Ray Serve in front of N engine replicas (server/replicas/)."""
+    try:
+        from llmdoctor.server.replicas.gateway import serve_replicated
+    except ImportError:
+        print('llmdoctor serve: --replicas needs Ray; install the extra: pip install "llmdoctor[ray]" '
+              "(or deploy/install.sh --ray)", file=sys.stderr)
+        return EXIT_USAGE
+    serve_replicated(settings)
     return 0
 
 
@@ -119,6 +141,8 @@ COMMANDS: tuple[Command, ...] = (
             run_eval_command),
     Command("recipe", "one command, end to end: data, token rewards, a TFPO doctor, a DPO adapter, eval",
             add_recipe_arguments, run_recipe_command),
+    Command("batch", "an offline job: a file of chat/completion requests through engine replicas on Ray Data",
+            add_batch_arguments, run_batch_command),
 )
 
 

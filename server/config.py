@@ -95,6 +95,13 @@ class ServerSettings(BaseSettings):
         4, ge=1, description="vllm engine: patient LoRA adapters one decode batch may mix (vLLM's max_loras)"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="logging level")
+    replicas: int | None = Field(
+        None, ge=1, description="engine replicas on Ray Serve behind this server's API (one GPU each on GPUs); "
+        "unset = one engine in this process, no Ray"
+    )
+    ray_address: str | None = Field(
+        None, description="with --replicas: the Ray cluster to join ('auto', 'ray://HOST:10001'); unset = start a local Ray"
+    )
 
     @field_validator("doctor", "lora", mode="before")
     @classmethod

@@ -18,6 +18,18 @@ class LLMDoctorError(Exception):
         self.message = message
         self.param = param
 
+    def __reduce__(self):
+        # Ray carries an error raised in a replica back to the gateway by pickling it; the default
+        # (the class called with `args` alone) would lose `param` and subclasses' own fields.
+        return _restore, (type(self), self.message, dict(self.__dict__))
+
+
+def _restore(cls: type[LLMDoctorError], message: str, state: dict) -> LLMDoctorError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
 
 class InvalidRequestError(LLMDoctorError):
     """The request is malformed or out of range (HTTP 400)."""

@@ -42,6 +42,15 @@ class ServerMetrics:
         self.queue_depth = Gauge("llmdoctor_queue_depth", "Requests waiting for a slot", registry=r)
         self.running = Gauge("llmdoctor_running_requests", "Requests being decoded", registry=r)
         self.adapters = Gauge("llmdoctor_adapters_loaded", "Adapters loaded, by kind", ["kind"], registry=r)
+        # serve --replicas: each engine replica as it last reported itself
+        self.replica_gauges = {
+            key: Gauge(f"llmdoctor_replica_{key}", text, ["replica"], registry=r) for key, text in (
+                ("healthy", "1 while the replica reports a running engine loop"),
+                ("running", "Requests the replica is decoding"),
+                ("waiting", "Requests waiting for a slot on the replica"),
+                ("generated_tokens", "Tokens the replica generated since it started"),
+            )
+        }
 
     def render(self, engine: Engine) -> bytes:
         """Refresh the engine gauges, then the Prometheus text format."""
@@ -51,6 +60,12 @@ class ServerMetrics:
         kinds = [a.kind for a in engine.adapters()]
         for kind in ("patient", "doctor"):
             self.adapters.labels(kind).set(kinds.count(kind))
+        if hasattr(engine, "replicas"):
+            for gauge in self.replica_gauges.values():
+                gauge.clear()  # a replica that went away leaves no stale series
+            for replica in engine.replicas():
+                for key, gauge in self.replica_gauges.items():
+                    gauge.labels(replica["replica"]).set(float(replica.get(key) or 0))
         return generate_latest(self.registry)
 
 

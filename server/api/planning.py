@@ -65,7 +65,7 @@ def plan_choices(
         for i in range(body.n):
             index = p * body.n + i
             params = replace(sampling, seed=choice_seed(sampling.seed, index))
-            request = GenerateRequest(f"{request_id}-{index}", tuple(ids), params, guidance, adapter)
+            request = GenerateRequest(f"{request_id}-{index}", tuple(ids), params, guidance, adapter, body.stream)
             specs.append(ChoiceSpec(index, request, tuple(body.stop)))
     return specs
 

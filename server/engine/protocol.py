@@ -87,6 +87,9 @@ class GenerateRequest:
     sampling: SamplingParams
     guidance: Guidance = Guidance()
     adapter: str | None = None  # a loaded patient adapter, or None for the bare patient
+    # The caller forwards tokens as they come (an SSE stream). False: it only uses the finished
+    # result, so a replicated engine may rerun the request elsewhere if its replica dies mid-way.
+    streamed: bool = True
 
 
 @dataclass(frozen=True)

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 
 from llmdoctor.server.cli import COMMANDS, build_parser, main, settings_from_args
@@ -82,3 +85,24 @@ def test_serve_with_too_long_max_model_len_exits_2_with_one_line(capsys):
     assert main(["serve", "--max-model-len", "999999", "--port", "1"]) == 2
     err = capsys.readouterr().err
     assert "--max-model-len 999999 exceeds the model's 8192 positions" in err and "Traceback" not in err
+
+
+def test_without_replicas_nothing_of_ray_is_imported():
+    # the embedded default stays in-process: building the CLI and the app never touches Ray
+    code = ("import sys\n"
+            "from llmdoctor.server.cli import build_parser\n"
+            "build_parser().parse_args(['serve'])\n"
+            "import llmdoctor.server.api.server_runner, llmdoctor.server.api.app\n"
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_ray_address_without_replicas_exits_2(capsys):
+    assert main(["serve", "--ray-address", "auto"]) == 2
+    assert "--ray-address needs --replicas N" in capsys.readouterr().err
+
+
+def test_replicas_must_be_at_least_one(capsys):
+    assert main(["serve", "--replicas", "0"]) == 2
+    assert "--replicas (env LLMDOCTOR_REPLICAS): Input should be greater than or equal to 1" in capsys.readouterr().err

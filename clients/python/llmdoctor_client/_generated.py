@@ -123,15 +123,6 @@ class GuidanceSchema(BaseModel):
     doctors: Annotated[list[DoctorWeightSchema] | None, Field(title="Doctors")] = None
 
 
-class HealthStatus(BaseModel):
-    """
-    200: the engine loop runs and the server admits requests. Otherwise a 503 ErrorResponse,
-    type `service_unavailable`: "shutting down" (draining) or "the engine loop is not running".
-    """
-
-    status: Annotated[Literal["ok"], Field(title="Status")] = "ok"
-
-
 class LoadAdapterRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -156,6 +147,20 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Annotated[Literal["list"], Field(title="Object")] = "list"
     data: Annotated[list[ModelCard], Field(title="Data")]
+
+
+class ReplicaHealth(BaseModel):
+    """
+    One engine replica of `serve --replicas N`, as it last reported itself.
+    """
+
+    replica: Annotated[str, Field(title="Replica")]
+    healthy: Annotated[bool, Field(title="Healthy")]
+    pid: Annotated[int | None, Field(title="Pid")] = None
+    seconds_since_report: Annotated[float | None, Field(title="Seconds Since Report")] = None
+    running: Annotated[int | None, Field(title="Running")] = 0
+    waiting: Annotated[int | None, Field(title="Waiting")] = 0
+    adapters: Annotated[list[str] | None, Field(title="Adapters")] = []
 
 
 class ResponseFormat(BaseModel):
@@ -265,6 +270,17 @@ class CompletionResponse(BaseModel):
     model: Annotated[str, Field(title="Model")]
     choices: Annotated[list[CompletionChoice], Field(title="Choices")]
     usage: UsageInfo | None = None
+
+
+class HealthStatus(BaseModel):
+    """
+    200: the engine loop runs and the server admits requests. Otherwise a 503 ErrorResponse,
+    type `service_unavailable`: "shutting down" (draining) or "the engine loop is not running".
+    With --replicas: 200 while at least one replica is healthy; `replicas` lists each.
+    """
+
+    status: Annotated[Literal["ok"], Field(title="Status")] = "ok"
+    replicas: Annotated[list[ReplicaHealth] | None, Field(title="Replicas")] = None
 
 
 class TokenLogprobOut(BaseModel):

@@ -1,0 +1,1 @@
+"""`llmdoctor batch`: offline request files through engine replicas on Ray Data."""

@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ class BatchOptions:
     guidance: dict | None = None
     batch_size: int = 16
     retry_errors: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class BatchUsageError(ValueError):

@@ -87,6 +87,10 @@ class DoctorSection(_Section):
     subtb_lambda: float = Field(0.9, gt=0, le=1)  # sub-trajectory (m, n) weighs subtb_lambda ** (n - m)
     value_margin: float = Field(0.1, ge=0)  # gamma of the value-discrimination hinge
     value_weight: float = Field(1.0, ge=0)  # lambda
+    # log Q(s_t) = reward_scale * sum_{k<=t} r_k: the flow's reward exponent (a GFlowNet's 1 / temperature).
+    # r_t <= 1, so at 1 the doctor moves a token's log-prob by about a nat at most; a decision that
+    # needs more (ending an answer early: the patient gives end-of-turn a few % there) needs a larger scale.
+    reward_scale: float = Field(1.0, gt=0)
     policy_term: Literal["log_ratio", "logprob"] = "log_ratio"  # what the flow explains (tfpo_losses.py)
     value_head_hidden: int = Field(256, ge=1)
     # the doctor LoRA and the run (as in a DPO config)

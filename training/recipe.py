@@ -34,17 +34,22 @@ class Dimension:
     scorer: str  # how `data synth` ranks responses, and the score eval reports first
     faces: str  # the faces (faces.py) stage 1 contrasts
     # RecipeOptions this dimension needs other than the defaults. Conciseness: the patient's answers
-    # run to ~250 tokens, so at 48 every response is cut and none is shorter than another; at 128
-    # about a third end by themselves, which is the signal. Fewer prompts keep it near 30 min on 2 cores.
+    # run to ~250 tokens and rarely end by themselves, so its pairs come from sentence cuts (below);
+    # 96 tokens leave room to see an answer run on. Fewer prompts keep it near 30 min on 2 cores.
     defaults: dict = field(default_factory=dict)
     # data synth --sentence-cuts: pairs that differ only in where the answer stops (synth.py)
     sentence_cuts: bool = False
+    # the doctor's reward_scale (doctor_config.py). Conciseness: ending after a sentence needs the
+    # end-of-turn token, which the patient gives a few % there, moved by several nats; at 1 the
+    # doctor's answers were as long as the patient's (-88 -> -80 words at beta 4), at 4 one sentence.
+    reward_scale: float = 1.0
 
 
 DIMENSIONS = {
     "positivity": Dimension(scorer="sentiment", faces="positivity"),
     "conciseness": Dimension(scorer="length", faces="conciseness", defaults={
-        "max_tokens": 128, "train_prompts": 96, "eval_prompts": 32, "betas": (1.0, 2.0, 4.0)}, sentence_cuts=True),
+        "max_tokens": 96, "train_prompts": 96, "eval_prompts": 32, "betas": (1.0, 2.0, 4.0)},
+        sentence_cuts=True, reward_scale=4.0),
 }
 STAGES = ("data", "rewards", "doctor", "dpo", "eval")
 
@@ -103,7 +108,8 @@ def stage_configs(o: RecipeOptions) -> dict:
         }),
         "doctor": DoctorConfig.model_validate({
             "data": {"path": str(rewards_file)}, "device": o.device,
-            "doctor": {**run, "dimension": o.dimension, "output_dir": str(doctor_dir), "learning_rate": 2e-3},
+            "doctor": {**run, "dimension": o.dimension, "output_dir": str(doctor_dir), "learning_rate": 2e-3,
+                       "reward_scale": d.reward_scale},
         }),
         "dpo": TrainingConfig.model_validate({
             "dataset": {"path": str(preferences)}, "device": o.device,
@@ -258,7 +264,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="epochs of the doctor and the DPO adapter (default 2)")
     parser.add_argument("--k", type=int, help="responses data synth samples per prompt (default 4)")
     parser.add_argument("--max-tokens", type=int, help="tokens per response, in data synth and eval (default 48; "
-                        "conciseness 128)")
+                        "conciseness 96)")
     parser.add_argument("--betas", metavar="B,B,...", help="doctor betas the eval sweeps (default 0.5,1,2,4; "
                         "conciseness 1,2,4)")
     parser.add_argument("--samples-per-prompt", type=int, help="eval responses per held-out prompt (default 1)")

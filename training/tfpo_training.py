@@ -110,7 +110,8 @@ class TFPOTrainer(MetricsTrainer):
             reference = response_logprobs(base_logits, ids, prompt_len, width) * token_mask
         # 3) TFPO: SubTB over every sub-trajectory, value hinge at the divergence states
         steps = policy - reference if d.policy_term == "log_ratio" else policy
-        subtb = subtb_loss(log_flows(rewards * token_mask, state_values, lengths), steps, lengths, d.subtb_lambda)
+        scaled = d.reward_scale * rewards * token_mask
+        subtb = subtb_loss(log_flows(scaled, state_values, lengths), steps, lengths, d.subtb_lambda)
         value = self._value_loss(state_values, inputs["divergence"], d.value_margin)
         loss = subtb + d.value_weight * value
         self._record(model.training, policy - reference, subtb, value)
@@ -221,6 +222,6 @@ def _tfpo_settings(config: DoctorConfig) -> dict[str, Any]:
     d = config.doctor
     return json.loads(json.dumps({
         "policy_term": d.policy_term, "subtb_lambda": d.subtb_lambda, "value_margin": d.value_margin,
-        "value_weight": d.value_weight, "rewards_file": str(config.data.path),
+        "value_weight": d.value_weight, "reward_scale": d.reward_scale, "rewards_file": str(config.data.path),
     }))
 

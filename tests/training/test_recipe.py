@@ -107,10 +107,12 @@ def test_each_dimension_gets_its_own_defaults_and_flags_override_them(tmp_path):
     add_recipe_arguments(parser)
     concise = stage_configs(options_from_args(parser.parse_args(["conciseness", "--output", str(tmp_path)])))
     positive = stage_configs(options_from_args(parser.parse_args(["positivity", "--output", str(tmp_path)])))
-    # conciseness needs room for answers to end by themselves; positivity keeps the short default
-    assert concise["data"].max_tokens == concise["eval"].generation.max_tokens == 128
+    # conciseness: room to see an answer run on, sentence cuts, a larger reward scale; positivity: the defaults
+    assert concise["data"].max_tokens == concise["eval"].generation.max_tokens == 96
     assert positive["data"].max_tokens == positive["eval"].generation.max_tokens == 48
     assert (concise["data"].limit, concise["eval"].prompts.limit) == (96, 32)
+    assert concise["data"].sentence_cuts and not positive["data"].sentence_cuts
+    assert (concise["doctor"].doctor.reward_scale, positive["doctor"].doctor.reward_scale) == (4.0, 1.0)
     given = options_from_args(parser.parse_args(["conciseness", "--output", str(tmp_path), "--max-tokens", "64",
                                                  "--samples-per-prompt", "3"]))
     assert given.max_tokens == 64 and given.train_prompts == 96

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -156,11 +157,17 @@ def run(options: BatchOptions, stream=None) -> int:
     return 0
 
 
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception): ")
+
+
 def _root_message(exc: BaseException) -> str:
-    """The innermost cause's one-line message (Ray nests the actor's exception in its own)."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    """The replica's own error line. Ray carries an actor's exception to the driver as traceback
+    text inside its own errors (no `__cause__` chain), so this is the last `SomeError: message`
+    line of that text that is not one of Ray's; failing that, the message's last line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    ours = [line for line in lines if _ERROR_LINE.match(line) and not line.startswith("ray.")]
+    if ours:
+        return ours[-1]
     return lines[-1] if lines else type(exc).__name__
 
 

@@ -166,3 +166,15 @@ def test_an_output_from_another_job_is_refused(tmp_path, capsys):
     out = _write(tmp_path / "out.jsonl", [{"id": "zzz", "response": {}}])
     assert main(["batch", "--input", str(inp), "--output", str(out)]) == 2
     assert "holds ids the input does not have (e.g. 'zzz')" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_replica_that_cannot_start_fails_the_job_with_its_own_message(tmp_path):
+    inp = _write(tmp_path / "in.jsonl", [{"id": "a", "prompt": "x", "max_tokens": 2}])
+    done = subprocess.run([sys.executable, "-m", "llmdoctor.server.cli", "batch", "--input", str(inp), "--output",
+                           str(tmp_path / "out.jsonl"), "--model", str(tmp_path / "no-such-model")],
+                          env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1
+    failure = next(line for line in done.stderr.splitlines() if "the job failed" in line)
+    assert "no-such-model" in failure and "Error" in failure, done.stderr[-2000:]

@@ -12,7 +12,6 @@ import pytest
 
 from llmdoctor.server.cli import main
 
-ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
 TOPICS = ["rain", "cats", "music", "bread", "rivers", "stars", "chess", "tea", "snow", "trains"]
 

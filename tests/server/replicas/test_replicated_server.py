@@ -14,7 +14,6 @@ import pytest
 
 from tests.live_server import LiveServer, free_port
 
-ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 pytestmark = pytest.mark.slow
 START_TIMEOUT = 400.0  # Ray, Serve's controller and proxy, 2 replicas loading the model, the gateway
 

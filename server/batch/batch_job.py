@@ -6,17 +6,14 @@ driver appends each result batch to --output as it arrives, with a progress bar 
 Files and resume: batch_files.py. Without --ray-address a local Ray starts for the job and stops
 with it; with one (`auto`, `ray://head:10001`) the job runs on that cluster.
 
-Replicas: one GPU each where the cluster has GPUs (and --device is not cpu); otherwise one logical
-CPU each, with the machine's cores shared out as torch threads (local runs).
+Replicas are placed as `serve --replicas` places them (server/replicas/ray_placement.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
-import os
 import re
 import sys
 import time
@@ -78,18 +75,14 @@ def run_job(options: BatchOptions, todo: list[BatchRequest], stream) -> tuple[in
     from tqdm import tqdm
 
     from llmdoctor.server.batch.batch_worker import BatchWorker
+    from llmdoctor.server.replicas.ray_placement import replica_placement, start_ray
 
-    local = options.ray_address is None
-    cores = os.cpu_count() or 1
-    ray.init(address=options.ray_address, num_cpus=max(cores, options.replicas) if local else None,
-             include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    start_ray(options.ray_address, options.replicas)
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # ours below counts rows written, which is what resume cares about
         context.print_on_execution_start = False
-        gpus = _gpus_per_replica(options.settings)
-        threads = None if gpus or not local else max(1, cores // options.replicas)
+        placement, threads = replica_placement(options.settings, options.replicas, options.ray_address is None)
         rows_per_block = options.batch_size * BATCHES_IN_FLIGHT
         dataset = ray.data.from_items(
             [{"id": r.id, "endpoint": r.endpoint, "request": json.dumps(r.body)} for r in todo],
@@ -100,7 +93,7 @@ def run_job(options: BatchOptions, todo: list[BatchRequest], stream) -> tuple[in
                                    "threads": threads},
             batch_size=options.batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=options.replicas),
-            num_gpus=gpus, num_cpus=0 if gpus else 1,
+            **placement,
         )
         results = ResultFile(options.output)
         written = errors = 0
@@ -115,14 +108,6 @@ def run_job(options: BatchOptions, todo: list[BatchRequest], stream) -> tuple[in
         return written, errors
     finally:
         ray.shutdown()
-
-
-def _gpus_per_replica(settings: ServerSettings) -> float:
-    import ray
-
-    if settings.device == "cpu":
-        return 0
-    return 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
 
 
 def _settings_dict(settings: ServerSettings) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -22,6 +21,7 @@ from ray import serve
 
 from llmdoctor.server.config import ServerSettings
 from llmdoctor.server.replicas.engine_replica import replica_class
+from llmdoctor.server.replicas.ray_placement import replica_placement, start_ray
 from llmdoctor.server.replicas.registry import REGISTRY_NAMESPACE, get_registry, registry_name
 from llmdoctor.server.replicas.replicated_engine import ReplicatedEngine
 
@@ -57,17 +57,9 @@ class Gateway:
 
 def build_application(settings: ServerSettings, app: str = APP_NAME):
     """The Serve application: Gateway (route prefix /) -> EngineReplica x settings.replicas."""
-    import ray
 
     replicas = settings.replicas or 1
-    gpus = _cluster_gpus() if settings.device != "cpu" else 0
-    if gpus:
-        replica_options: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1}
-        threads = None
-    else:  # a share of the CPUs each, and as many torch threads (more would fight over the cores)
-        cpus = ray.cluster_resources().get("CPU", os.cpu_count() or 1) if ray.is_initialized() else os.cpu_count()
-        share = max(1, int(cpus) // replicas)
-        replica_options, threads = {"num_cpus": min(1, share)}, share
+    replica_options, threads = replica_placement(settings, replicas, settings.ray_address is None)
     plain = _plain(settings)
     engine = serve.deployment(replica_class(settings.max_loras), name=REPLICA_DEPLOYMENT,
                               num_replicas=replicas, ray_actor_options=replica_options,
@@ -87,20 +79,12 @@ def _plain(settings: ServerSettings) -> dict[str, Any]:
     return values
 
 
-def _cluster_gpus() -> float:
-    import ray
-
-    return ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
-
-
 def serve_replicated(settings: ServerSettings) -> None:
     """The `llmdoctor serve --replicas N` process: blocks until SIGINT/SIGTERM."""
     import ray
 
     local = settings.ray_address is None
-    ray.init(address=settings.ray_address, namespace=REGISTRY_NAMESPACE, include_dashboard=False,
-             logging_level=logging.WARNING, num_cpus=max(os.cpu_count() or 1, settings.replicas or 1) if local else None,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    start_ray(settings.ray_address, settings.replicas or 1, namespace=REGISTRY_NAMESPACE)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from llmdoctor.server.jsonl_journal import whole_lines
 from llmdoctor.training.doctor_config import RewardsConfig
 
 PARTIAL_SUFFIX = ".partial.jsonl"
@@ -161,7 +162,7 @@ def compute_rewards(config: RewardsConfig, stream=None) -> RewardsResult:
     data = load_preferences(config.dataset, "gdpo", tokenizer, group_size=2, seed=0)
     records = [{**row.to_record()} for row in data.rows]
     partial = output.with_name(output.name + PARTIAL_SUFFIX)
-    _trim_partial(partial)
+    whole_lines(partial)  # a row torn by a kill is cut off; it is redone
     done = {row["key"] for row in _read_jsonl(partial)} if partial.is_file() else set()
     todo = [record for record in records if row_key(record) not in done]
     print(f"rewards: {len(records)} pairs ({len(done)} already done), dimension {config.rewards.dimension}, "
@@ -247,15 +248,6 @@ def read_reward_rows(path: Path) -> list[dict[str, Any]]:
     return _read_jsonl(path)
 
 
-def _trim_partial(path: Path) -> None:
-    """Drop a last line cut short by a kill, so the next row appended starts on a line of its own."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
-
-
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -264,5 +256,5 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
-                continue  # a line cut short by a kill (see _trim_partial)
+                continue  # a line cut short by a kill (see whole_lines)
     return rows

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Literal
 
 from llmdoctor.server.errors import LLMDoctorError
+from llmdoctor.server.jsonl_journal import whole_lines
 from llmdoctor.server.model_store import ModelNotFoundError, resolve_model
 from llmdoctor.training.scorers import SCORERS, Scorer, get_scorer
 
@@ -110,15 +111,8 @@ def load_prompts(path: Path) -> list[str]:
 
 def done_prompts(output: Path) -> set[str]:
     """Prompts already in `output`. A torn last line (a killed writer) is cut off, so appending is safe."""
-    if not output.is_file():
-        return set()
-    data = output.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        output.write_bytes(data[:cut])  # drop the partial row; its prompt is redone
-        data = data[:cut]
     done = set()
-    for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
+    for number, line in enumerate(whole_lines(output).splitlines(), 1):  # a torn row's prompt is redone
         try:
             done.add(json.loads(line)["prompt"])
         except (json.JSONDecodeError, KeyError, TypeError):

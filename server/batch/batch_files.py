@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmdoctor.server.jsonl_journal import whole_lines
+
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 ENDPOINTS = (CHAT, COMPLETIONS)
 
@@ -133,16 +135,10 @@ class ResultFile:
         """Every whole row already written (cuts a torn JSONL tail off first)."""
         if self.parquet:
             return self._parquet_rows()
-        if not self.path.exists():
-            return []
-        if not self.path.is_file():
+        if self.path.exists() and not self.path.is_file():
             raise BatchFileError(f"--output {self.path}: not a file (a .jsonl output is one file)")
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            data = data[: data.rfind(b"\n") + 1]
-            self.path.write_bytes(data)  # a row torn by a kill: it is redone
         rows = []
-        for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        for number, line in enumerate(whole_lines(self.path).splitlines(), 1):  # a torn row is redone
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:

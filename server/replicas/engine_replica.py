@@ -99,12 +99,12 @@ class EngineReplica:
 
     async def _entry(self, model_id: str):
         name = model_id.rpartition("@")[0]
-        for snapshot in (self.snapshot, None):
-            snapshot = snapshot or await self.registry.snapshot.remote()
-            entry = snapshot.adapters.get(name)
-            if entry is not None and entry.model_id == model_id:
-                return entry
-        raise NotFoundError(f"patient adapter {name!r} is not loaded", "model")
+        entry = self.snapshot.adapters.get(name)
+        if entry is None or entry.model_id != model_id:  # newer than what this replica followed so far
+            entry = (await self.registry.snapshot.remote()).adapters.get(name)
+        if entry is None or entry.model_id != model_id:
+            raise NotFoundError(f"patient adapter {name!r} is not loaded", "model")
+        return entry
 
     async def unload_quietly(self, name: str) -> None:
         try:

@@ -56,7 +56,10 @@ def add_settings_arguments(parser: argparse.ArgumentParser, only: Sequence[str] 
         default = info.get_default(call_default_factory=True)
         shown = "" if default in (None, []) else f", default {default}"
         text = f"{info.description} (env {env_name(field)}{shown})"
-        if field in _LIST_METAVARS:
+        if info.annotation is bool:  # a switch: --auth-all-routes / --no-auth-all-routes
+            parser.add_argument(flag_name(field), dest=field, action=argparse.BooleanOptionalAction, help=text,
+                                default=argparse.SUPPRESS)
+        elif field in _LIST_METAVARS:
             parser.add_argument(flag_name(field), dest=field, action="append", metavar=_LIST_METAVARS[field],
                                 help=text, default=argparse.SUPPRESS)
         else:

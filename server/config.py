@@ -11,13 +11,16 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llmdoctor.server.adapter_folders import validate_adapter_name
 from llmdoctor.server.errors import AdapterError
 
 ENV_PREFIX = "LLMDOCTOR_"
+# Room for a 128k-token prompt as JSON token ids (~7 bytes each) or as \uXXXX-escaped text, plus n,
+# stop lists and guidance; far above what the embedded model's 2048-token context can use.
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 
 class NamedPath(BaseModel):
@@ -80,8 +83,16 @@ class ServerSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 = every interface)")
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on")
     api_key: SecretStr | None = Field(None, description="require 'Authorization: Bearer KEY' on every /v1 route")
+    auth_all_routes: bool = Field(
+        False, description="with --api-key: require the key on /metrics, /docs, /redoc and /openapi.json too; "
+        "/health always stays open for load balancers"
+    )
     max_batch: int = Field(32, ge=1, description="requests decoded together in one step")
     max_queue: int = Field(256, ge=0, description="requests allowed to wait for a slot; more get HTTP 503")
+    max_request_bytes: int = Field(
+        DEFAULT_MAX_REQUEST_BYTES, ge=1024, description="largest request body in bytes; a bigger one gets HTTP 413 "
+        "(counted as it arrives, chunked bodies too)"
+    )
     request_timeout: float = Field(600.0, gt=0, allow_inf_nan=False, description="seconds before a request is aborted")
     shutdown_grace: float = Field(
         30.0, ge=0, allow_inf_nan=False, description="seconds in-flight requests may finish after SIGTERM/SIGINT"
@@ -123,6 +134,13 @@ class ServerSettings(BaseSettings):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"adapter name given twice: {', '.join(duplicates)}")
+        return value
+
+    @field_validator("auth_all_routes")
+    @classmethod
+    def _all_routes_need_key(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("api_key") is None:
+            raise ValueError("needs --api-key (there is no key to require)")
         return value
 
     @field_validator("log_level", mode="before")

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from llmdoctor.server.api import (
     routes_adapters,
@@ -31,10 +31,12 @@ from llmdoctor.server.api.generation import GenerationService
 from llmdoctor.server.api.metrics import RequestCountMiddleware, ServerMetrics
 from llmdoctor.server.api.openapi import install_openapi
 from llmdoctor.server.api.prompts import PromptTokenizer
+from llmdoctor.server.api.request_limits import BodySizeLimitMiddleware
 from llmdoctor.server.api.serving_adapters import AdaptersService
 from llmdoctor.server.api.serving_chat import ChatService
 from llmdoctor.server.api.serving_completions import CompletionsService
 from llmdoctor.server.api.serving_models import ModelsService
+from llmdoctor.server.api.text_validation import reject_invalid_text
 from llmdoctor.server.config import ConfigError, ServerSettings
 from llmdoctor.server.engine.protocol import Engine
 from llmdoctor.server.errors import LLMDoctorError
@@ -66,14 +68,17 @@ def create_app(settings: ServerSettings, engine: Engine | None = None, *, starte
             await owned.shutdown(grace_seconds=0)
 
     app = FastAPI(title="llmdoctor", summary="Decode-time alignment of a frozen LLM with doctor models",
-                  lifespan=lifespan)
+                  lifespan=lifespan, dependencies=[Depends(reject_invalid_text)])
     app.state.settings = settings
     install_error_handlers(app)
     for module in ROUTERS:
         app.include_router(module.router)
     install_openapi(app)
+    # Middleware added later runs first: request counting, then the key, then the body limit.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.api_key is not None:
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value(),
+                           all_routes=settings.auth_all_routes)
     app.add_middleware(RequestCountMiddleware, metrics=metrics)  # added last = outermost: counts 401s too
     return app
 

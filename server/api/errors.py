@@ -35,6 +35,13 @@ class RequestTimeoutError(LLMDoctorError):
     type = "timeout_error"
 
 
+class RequestTooLargeError(LLMDoctorError):
+    """The body is larger than --max-request-bytes (HTTP 413)."""
+
+    status = 413
+    type = "invalid_request_error"
+
+
 class ErrorInfo(BaseModel):
     message: str
     type: str = Field(description="invalid_request_error, not_found_error, server_overloaded ...")
@@ -117,7 +124,10 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
 async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     err_type = _HTTP_TYPES.get(exc.status_code, "invalid_request_error" if exc.status_code < 500 else "internal_error")
     message = str(exc.detail)
-    if exc.status_code == 404 and message == "Not Found":  # the router's, not a route's own 404
+    if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI's "error parsing the body" on raw non-UTF-8 bytes
+        bad = exc.__cause__
+        message = f"the request body is not valid UTF-8 (byte 0x{bad.object[bad.start]:02x} at offset {bad.start})"
+    elif exc.status_code == 404 and message == "Not Found":  # the router's, not a route's own 404
         message = f"no route {request.method} {request.url.path}; see GET /docs for the API"
     elif exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "")

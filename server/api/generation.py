@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from llmdoctor.server.api.choice_run import ChoiceDelta, ChoiceRun, ChoiceSpec
 from llmdoctor.server.api.metrics import RequestTimer, ServerMetrics
 from llmdoctor.server.engine.protocol import Engine, TokenLogprob
-from llmdoctor.server.errors import EngineDeadError
+from llmdoctor.server.errors import EngineDeadError, InvalidRequestError
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class GenerationService:
         """Admit every choice (waiting for each one's first event); on any failure abort them all."""
         if self.draining:
             raise EngineDeadError("the server is shutting down and admits no new requests")
+        self.check_capacity(len(specs))
         arrival = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.request_timeout
         runs = [ChoiceRun(self, spec, deadline, RequestTimer(self.metrics, arrival)) for spec in specs]
@@ -50,6 +51,19 @@ class GenerationService:
             close_runs(runs)
             raise
         return runs
+
+    def check_capacity(self, choices: int) -> None:
+        """A call whose choices outnumber what the engine can ever hold at once (running + waiting)
+        would get a 503 on an idle server too, and clients retry 503s: refuse it as a 400 instead."""
+        stats = self.engine.stats()
+        capacity = stats.max_batch + stats.max_queue
+        if choices > capacity:
+            raise InvalidRequestError(
+                f"this request needs {choices} choices (n times the number of prompts), more than this server "
+                f"can ever hold at once: {capacity} (--max-batch {stats.max_batch} + --max-queue {stats.max_queue}); "
+                "lower n or send fewer prompts per call",
+                "n",
+            )
 
     async def drain(self, grace_seconds: float) -> None:
         """Stop admitting; let running choices finish for `grace_seconds`; then abort the rest, which

@@ -23,11 +23,14 @@ from llmdoctor.server.api.errors import ErrorResponse
 REF_TEMPLATE = "#/components/schemas/{model}"
 
 ERROR_DESCRIPTIONS = {
-    400: "Invalid request (a request validation error too); `error.param` names the field",
-    401: "Missing or wrong API key (only when the server runs with --api-key)",
+    400: "Invalid request (a request validation error, text that is not valid Unicode, n beyond what the server "
+    "can ever hold); `error.param` names the field",
+    401: "Missing or wrong API key (only when the server runs with --api-key; on every route but /health with "
+    "--auth-all-routes)",
     403: "The adapter path is outside every --adapter-root",
     404: "Unknown model, doctor, adapter or path",
     409: "The adapter name is already in use",
+    413: "The request body is larger than --max-request-bytes",
     503: "The queue is full (with Retry-After), the server is shutting down, or its engine is not running",
     504: "The request ran past --request-timeout and was aborted",
     "default": "Any other error, e.g. 500 (an internal error; the details are in the server log)",

@@ -1,10 +1,14 @@
 """Prompts -> token ids: plain text, token ids, chat messages through the tokenizer's template.
 
 Also the context check: prompt plus max_tokens must fit `max_model_len`, with vLLM's wording.
-Tokenising runs inline on the event loop: a few hundred microseconds even for long prompts.
+The encode methods are plain blocking calls: the services run them off the event loop
+(asyncio.to_thread). A prompt near --max-request-bytes of text takes seconds to tokenise (4 MB:
+~4 s on one core; the Rust tokenizer releases the GIL), and /health must answer meanwhile.
 """
 
 from __future__ import annotations
+
+from jinja2 import TemplateError
 
 from llmdoctor.server.errors import ContextOverflowError, InvalidRequestError
 
@@ -33,12 +37,15 @@ class PromptTokenizer:
             raise InvalidRequestError(
                 "this model has no chat template; use /v1/completions with a plain prompt", "messages"
             )
-        text = self.tokenizer.apply_chat_template(
-            messages,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            continue_final_message=continue_final_message,
-        )
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+            )
+        except TemplateError as exc:  # the template's own raise_exception(), e.g. roles that must alternate
+            raise InvalidRequestError(f"the model's chat template refused these messages: {exc}", "messages") from None
         return self._encode_text(text)
 
     def check_context(self, prompt_len: int, max_tokens: int, prompt_param: str) -> None:

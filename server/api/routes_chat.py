@@ -16,7 +16,7 @@ router = APIRouter()
 @router.post(
     "/v1/chat/completions",
     response_model=ChatCompletionResponse,
-    responses={**event_stream(ChatCompletionChunk), **error_responses(400, 401, 404, 503, 504)},
+    responses={**event_stream(ChatCompletionChunk), **error_responses(400, 401, 404, 413, 503, 504)},
 )
 async def create_chat_completion(body: ChatCompletionRequest, service: ChatDep, request: Request):
     if body.stream:

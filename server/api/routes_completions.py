@@ -20,7 +20,7 @@ router = APIRouter()
 @router.post(
     "/v1/completions",
     response_model=CompletionResponse,
-    responses={**event_stream(CompletionStreamResponse), **error_responses(400, 401, 404, 503, 504)},
+    responses={**event_stream(CompletionStreamResponse), **error_responses(400, 401, 404, 413, 503, 504)},
 )
 async def create_completion(body: CompletionRequest, service: CompletionsDep, request: Request):
     if body.stream:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from functools import partial
 from collections.abc import AsyncGenerator, Sequence
@@ -55,7 +56,7 @@ class ChatService:
         self.token_text = token_text
 
     async def complete(self, body: ChatCompletionRequest) -> ChatCompletionResponse:
-        request_id, specs = self._plan(body)
+        request_id, specs = await self._plan(body)
         runs = await self.generation.start(specs)
         collected = await collect_choices(runs)
         choices = [
@@ -72,15 +73,15 @@ class ChatService:
 
     async def stream(self, body: ChatCompletionRequest) -> EventStream:
         """Admits the choices first, so queue-full and bad-request errors still get an HTTP status."""
-        request_id, specs = self._plan(body)
+        request_id, specs = await self._plan(body)
         runs = await self.generation.start(specs)
         events = self._events(body, request_id, specs, runs)
         return EventStream(events, on_close=partial(close_runs, runs))
 
-    def _plan(self, body: ChatCompletionRequest) -> tuple[str, list[ChoiceSpec]]:
+    async def _plan(self, body: ChatCompletionRequest) -> tuple[str, list[ChoiceSpec]]:
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        ids = self.prompts.encode_chat(
-            body.template_messages(), body.add_generation_prompt, body.continue_final_message
+        ids = await asyncio.to_thread(  # template + tokenizer are CPU work: off the event loop
+            self.prompts.encode_chat, body.template_messages(), body.add_generation_prompt, body.continue_final_message
         )
         return request_id, plan_choices(body, [ids], "messages", request_id, self.models, self.prompts)
 

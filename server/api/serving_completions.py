@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from functools import partial
 from collections.abc import AsyncGenerator, Sequence
@@ -47,7 +48,7 @@ class CompletionsService:
         self.token_text = token_text
 
     async def complete(self, body: CompletionRequest) -> CompletionResponse:
-        request_id, specs = self._plan(body)
+        request_id, specs = await self._plan(body)
         runs = await self.generation.start(specs)
         collected = await collect_choices(runs)
         choices = [
@@ -64,14 +65,14 @@ class CompletionsService:
 
     async def stream(self, body: CompletionRequest) -> EventStream:
         """Admits the choices first, so queue-full and bad-request errors still get an HTTP status."""
-        request_id, specs = self._plan(body)
+        request_id, specs = await self._plan(body)
         runs = await self.generation.start(specs)
         events = self._events(body, request_id, specs, runs)
         return EventStream(events, on_close=partial(close_runs, runs))
 
-    def _plan(self, body: CompletionRequest) -> tuple[str, list[ChoiceSpec]]:
+    async def _plan(self, body: CompletionRequest) -> tuple[str, list[ChoiceSpec]]:
         request_id = f"cmpl-{uuid.uuid4().hex}"
-        prompts = self.prompts.encode_prompts(body.prompt)
+        prompts = await asyncio.to_thread(self.prompts.encode_prompts, body.prompt)  # CPU work: off the loop
         return request_id, plan_choices(body, prompts, "prompt", request_id, self.models, self.prompts)
 
     async def _events(

@@ -106,3 +106,11 @@ def test_ray_address_without_replicas_exits_2(capsys):
 def test_replicas_must_be_at_least_one(capsys):
     assert main(["serve", "--replicas", "0"]) == 2
     assert "--replicas (env LLMDOCTOR_REPLICAS): Input should be greater than or equal to 1" in capsys.readouterr().err
+
+
+def test_cli_bool_setting_is_a_switch_with_a_no_form(monkeypatch):
+    monkeypatch.setenv("LLMDOCTOR_AUTH_ALL_ROUTES", "true")
+    assert parse("--api-key", "k").auth_all_routes is True
+    assert parse("--api-key", "k", "--no-auth-all-routes").auth_all_routes is False
+    monkeypatch.delenv("LLMDOCTOR_AUTH_ALL_ROUTES")
+    assert parse("--api-key", "k", "--auth-all-routes").auth_all_routes is True

@@ -59,3 +59,14 @@ def test_settings_error_description_names_flag_env_and_expectation():
 def test_settings_non_finite_seconds_are_refused(field):
     with pytest.raises(ValidationError, match="finite"):
         ServerSettings(**{field: "inf"})
+
+
+def test_settings_auth_all_routes_without_api_key_is_refused():
+    with pytest.raises(ValidationError) as err:
+        ServerSettings(auth_all_routes=True)
+    expected = "--auth-all-routes (env LLMDOCTOR_AUTH_ALL_ROUTES): needs --api-key"
+    assert describe_validation_error(err.value).startswith(expected)
+
+
+def test_settings_max_request_bytes_defaults_to_4_mib():
+    assert ServerSettings().max_request_bytes == 4 * 1024 * 1024

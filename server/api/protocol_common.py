@@ -1,7 +1,8 @@
 """Schemas shared by /v1/completions and /v1/chat/completions: sampling fields, guidance, usage.
 
 Every float is finite: Python's json (and so FastAPI) accepts NaN/Infinity literals, and a NaN
-beta or temperature would otherwise reach the decode rule.
+beta or temperature would otherwise reach the decode rule. Ranges (alpha, beta, temperature, top_k)
+are the engine's own (server/engine/protocol.py, README "Guidance"), so openapi.json shows them.
 """
 
 from __future__ import annotations
@@ -9,9 +10,17 @@ from __future__ import annotations
 import time
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, ValidationInfo, field_validator
 
-from llmdoctor.server.engine.protocol import DoctorWeight, Guidance
+from llmdoctor.server.engine.protocol import (
+    MAX_TEMPERATURE,
+    MAX_TOP_K,
+    MAX_WEIGHT,
+    MIN_TEMPERATURE,
+    MIN_WEIGHT,
+    DoctorWeight,
+    Guidance,
+)
 
 MAX_LOGPROBS = 20  # the engine's limit (SamplingParams.logprobs)
 MAX_N = 64  # choices per prompt; each is an engine request
@@ -19,11 +28,25 @@ MAX_N = 64  # choices per prompt; each is an engine request
 StrictModel = ConfigDict(extra="forbid")
 
 
+def _zero_or_not_tiny(value: float) -> float:
+    """A weight is 0 (off) or at least MIN_WEIGHT in magnitude: anything between is a typo for 0."""
+    if value != 0.0 and abs(value) < MIN_WEIGHT:
+        raise ValueError(f"must be 0 (off) or at least {MIN_WEIGHT:g} in magnitude")
+    return value
+
+
+RuleWeight = Annotated[FiniteFloat, AfterValidator(_zero_or_not_tiny)]
+
+
 class DoctorWeightSchema(BaseModel):
     model_config = StrictModel
 
     name: str = Field(min_length=1)
-    beta: FiniteFloat
+    beta: RuleWeight = Field(
+        ge=-MAX_WEIGHT, le=MAX_WEIGHT,
+        description=f"the doctor's weight: 0 = off; otherwise {MIN_WEIGHT:g} <= |beta| <= {MAX_WEIGHT:g}; "
+                    "negative steers away from what the doctor prefers",
+    )
 
 
 class GuidanceSchema(BaseModel):
@@ -34,7 +57,11 @@ class GuidanceSchema(BaseModel):
 
     model_config = StrictModel
 
-    alpha: FiniteFloat = 1.0
+    alpha: RuleWeight = Field(
+        1.0, ge=0, le=MAX_WEIGHT,
+        description=f"the patient's weight: 0, or in [{MIN_WEIGHT:g}, {MAX_WEIGHT:g}]; 0 needs a doctor with a "
+                    "non-zero beta",
+    )
     doctors: list[DoctorWeightSchema] = Field(default_factory=list)
 
     @field_validator("doctors", mode="before")
@@ -61,9 +88,13 @@ class SamplingFields(BaseModel):
 
     model: str | None = None  # None = the patient
     n: int = Field(1, ge=1, le=MAX_N)
-    temperature: FiniteFloat = Field(1.0, ge=0)
-    top_p: FiniteFloat = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=-1)
+    temperature: FiniteFloat = Field(
+        1.0, ge=0, le=MAX_TEMPERATURE,
+        description=f"0 = greedy; values in (0, {MIN_TEMPERATURE:g}) are raised to {MIN_TEMPERATURE:g}, as vLLM does",
+    )
+    top_p: FiniteFloat = Field(1.0, gt=0, le=1,
+                               description="nucleus mass in (0, 1]; the most likely token always stays")
+    top_k: int = Field(0, ge=-1, le=MAX_TOP_K, description="0 or -1 = off; a value >= the vocabulary size is off too")
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)
     stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=16)
     stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)

@@ -4,11 +4,20 @@
 
 Both terms are log-softmaxes over the same vocabulary; the sum is re-normalised by a second
 log-softmax, and temperature / top-k / top-p apply afterwards (sampling.py).
+
+Numerical safety: both terms are floored at LOGPROB_FLOOR before weighting, so no 0 * -inf (alpha 0)
+or inf - inf (a negative beta on a token a doctor rules out) can arise, and with |weights| <= 100
+(protocol.MAX_WEIGHT) the sum stays far inside float32. The floor lies far below what a float32
+softmax tells from 0 (exp underflows near -104), so it changes no distribution a model really gives;
+it only turns a masked (-inf) token into a very unlikely one. A NaN input stays NaN, for the caller
+to blame on its row.
 """
 
 from __future__ import annotations
 
 import torch
+
+LOGPROB_FLOOR = -1e4  # log-probs below this count as impossible; keeps every product with a weight finite
 
 
 def combine_logprobs(
@@ -18,6 +27,8 @@ def combine_logprobs(
     betas: torch.Tensor,  # (D,) or (B, D)
 ) -> torch.Tensor:
     """Return the re-normalised rule distribution as log-probs, shaped like `patient_logprobs`."""
+    patient_logprobs = patient_logprobs.clamp(min=LOGPROB_FLOOR)
+    doctor_logprobs = doctor_logprobs.clamp(min=LOGPROB_FLOOR)
     guided = alpha * patient_logprobs + (betas.unsqueeze(-1) * doctor_logprobs).sum(dim=-2)
     return torch.log_softmax(guided, dim=-1)
 

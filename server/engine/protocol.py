@@ -24,24 +24,46 @@ class DoctorWeight:
     beta: float
 
 
+# Accepted ranges (README "Guidance"; the API schemas carry the same bounds). The rule floors log-probs
+# (decode_rule.LOGPROB_FLOOR), so within these bounds it is finite for any model output that is.
+MAX_WEIGHT = 100.0  # |alpha|, |beta|: 100 x a log-prob already makes the rule a one-hot argmax
+MIN_WEIGHT = 1e-6  # a non-zero weight smaller than this is a typo for 0 (and underflows float32 near 1e-45)
+MAX_TEMPERATURE = 2.0  # OpenAI's and vLLM's limit (vLLM 0.32 refuses more)
+MIN_TEMPERATURE = 1e-2  # vLLM's _MAX_TEMP: 0 < t < 0.01 is raised to 0.01 (logprobs / t would overflow)
+MAX_TOP_K = 2**31 - 1  # vLLM keeps top_k in an int32 tensor; any value >= the vocabulary means off
+SEED_RANGE = (-(2**63), 2**64)  # torch.Generator.manual_seed's inclusive-exclusive range
+
+
+def check_weight(value: float, param: str, lowest: float) -> None:
+    """A rule weight is 0 (off) or of magnitude in [MIN_WEIGHT, MAX_WEIGHT], and not below `lowest`."""
+    if not math.isfinite(value) or not (lowest <= value <= MAX_WEIGHT):
+        raise InvalidRequestError(f"{param} must be a number in [{lowest:g}, {MAX_WEIGHT:g}], got {value}", param)
+    if value != 0.0 and abs(value) < MIN_WEIGHT:
+        raise InvalidRequestError(f"{param} must be 0 (off) or at least {MIN_WEIGHT:g} in magnitude, got {value}",
+                                  param)
+
+
 @dataclass(frozen=True)
 class Guidance:
-    """Per-request weights of DESIGN.md's rule: alpha * log p_patient + sum_i beta_i * log p_doctor_i."""
+    """Per-request weights of DESIGN.md's rule: alpha * log p_patient + sum_i beta_i * log p_doctor_i.
+
+    alpha: 0 or in [1e-6, 100]; each beta: 0 (off) or 1e-6 <= |beta| <= 100 (negative steers away from
+    that doctor); alpha 0 needs at least one doctor with a non-zero beta.
+    """
 
     alpha: float = 1.0
     doctors: tuple[DoctorWeight, ...] = ()
 
     def __post_init__(self):
-        if not math.isfinite(self.alpha):
-            raise InvalidRequestError(f"guidance.alpha must be a finite number, got {self.alpha}", "guidance.alpha")
+        check_weight(self.alpha, "guidance.alpha", 0.0)
         names = [d.name for d in self.doctors]
         for i, d in enumerate(self.doctors):
-            if not math.isfinite(d.beta):
-                raise InvalidRequestError(
-                    f"guidance.doctors[{i}].beta must be a finite number, got {d.beta}", f"guidance.doctors[{i}].beta"
-                )
+            check_weight(d.beta, f"guidance.doctors[{i}].beta", -MAX_WEIGHT)
         if len(set(names)) != len(names):
             raise InvalidRequestError(f"guidance.doctors names a doctor twice: {names}", "guidance.doctors")
+        if self.alpha == 0.0 and not self.active:
+            raise InvalidRequestError("guidance.alpha 0 needs a doctor with a non-zero beta (with no weight "
+                                      "on any model every token would be equally likely)", "guidance.alpha")
 
     @property
     def active(self) -> tuple[DoctorWeight, ...]:
@@ -59,7 +81,7 @@ class SamplingParams:
     """What the engine needs to pick tokens. Stop *strings* are the service layer's job."""
 
     max_tokens: int
-    temperature: float = 1.0  # 0 = greedy
+    temperature: float = 1.0  # 0 = greedy; in (0, 0.01) raised to 0.01; at most 2
     top_p: float = 1.0
     top_k: int = 0  # 0 or -1 = off
     seed: int | None = None
@@ -70,12 +92,17 @@ class SamplingParams:
     def __post_init__(self):
         if self.max_tokens < 1:
             raise InvalidRequestError(f"max_tokens must be at least 1, got {self.max_tokens}", "max_tokens")
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise InvalidRequestError(f"temperature must be >= 0, got {self.temperature}", "temperature")
+        if not (0 <= self.temperature <= MAX_TEMPERATURE):  # also refuses NaN
+            raise InvalidRequestError(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}",
+                                      "temperature")
+        if 0 < self.temperature < MIN_TEMPERATURE:  # as vLLM does, so both engines sample alike
+            object.__setattr__(self, "temperature", MIN_TEMPERATURE)
         if not (0 < self.top_p <= 1):
             raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}", "top_p")
-        if self.top_k < -1:
-            raise InvalidRequestError(f"top_k must be -1, 0 (off) or positive, got {self.top_k}", "top_k")
+        if not (-1 <= self.top_k <= MAX_TOP_K):
+            raise InvalidRequestError(f"top_k must be -1, 0 (off) or in [1, {MAX_TOP_K}], got {self.top_k}", "top_k")
+        if self.seed is not None and not (SEED_RANGE[0] <= self.seed < SEED_RANGE[1]):
+            raise InvalidRequestError(f"seed must be in [-2**63, 2**64), got {self.seed}", "seed")
         if self.logprobs is not None and not (0 <= self.logprobs <= 20):
             raise InvalidRequestError(f"logprobs must be between 0 and 20, got {self.logprobs}", "logprobs")
 

@@ -26,8 +26,10 @@ def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
         return logits
     sorted_logits, order = torch.sort(logits, descending=True)
     cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-    # drop a token when the mass before it already reaches top_p
+    # drop a token when the mass before it already reaches top_p; never the first (a top_p that rounds
+    # to 0 in float32, e.g. 1e-300, would otherwise drop every token and leave nothing to draw)
     drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= top_p
+    drop_sorted[..., 0] = False
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 

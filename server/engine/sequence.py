@@ -28,6 +28,11 @@ class Sequence:
         return self.request.request_id
 
     @property
+    def prefix(self) -> tuple[int, ...]:
+        """Prompt and output so far: what a joining (or restarted) row prefills."""
+        return tuple(self.request.prompt_token_ids) + tuple(self.output)
+
+    @property
     def pinned(self) -> list[str]:
         """Adapter names this request holds in the AdapterTable."""
         return ([self.request.adapter] if self.request.adapter else []) + list(self.doctors)

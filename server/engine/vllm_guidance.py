@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from llmdoctor.server.engine.protocol import Guidance
+from llmdoctor.server.engine.protocol import DoctorWeight, Guidance
+from llmdoctor.server.errors import InvalidRequestError
 
 EXTRA_ARGS_KEY = "llmdoctor"
 
@@ -55,6 +56,10 @@ def parse_guidance(extra_args: dict | None) -> RowGuidance | None:
             betas.append(float(beta))
     if len(set(names)) != len(names):
         raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}.doctors names a doctor twice: {names}")
+    try:  # the engine's ranges (protocol.py), checked again where vLLM hands the request to the processor
+        Guidance(float(alpha), tuple(DoctorWeight(n, b) for n, b in zip(names, betas)))
+    except InvalidRequestError as exc:
+        raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}: {exc.message}") from exc
     if float(alpha) == 1.0 and not names:
         return None
     return RowGuidance(float(alpha), tuple(names), tuple(betas))

@@ -85,7 +85,15 @@ class DoctorWeightSchema(BaseModel):
         extra="forbid",
     )
     name: Annotated[str, Field(min_length=1, title="Name")]
-    beta: Annotated[float, Field(title="Beta")]
+    beta: Annotated[
+        float,
+        Field(
+            description="the doctor's weight: 0 = off; otherwise 1e-06 <= |beta| <= 100; negative steers away from what the doctor prefers",
+            ge=-100.0,
+            le=100.0,
+            title="Beta",
+        ),
+    ]
 
 
 class ErrorInfo(BaseModel):
@@ -119,7 +127,15 @@ class GuidanceSchema(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
     )
-    alpha: Annotated[float | None, Field(title="Alpha")] = 1.0
+    alpha: Annotated[
+        float | None,
+        Field(
+            description="the patient's weight: 0, or in [1e-06, 100]; 0 needs a doctor with a non-zero beta",
+            ge=0.0,
+            le=100.0,
+            title="Alpha",
+        ),
+    ] = 1.0
     doctors: Annotated[list[DoctorWeightSchema] | None, Field(title="Doctors")] = None
 
 
@@ -204,9 +220,25 @@ class ChatCompletionRequest(BaseModel):
     )
     model: Annotated[str | None, Field(title="Model")] = None
     n: Annotated[int | None, Field(ge=1, le=64, title="N")] = 1
-    temperature: Annotated[float | None, Field(ge=0.0, title="Temperature")] = 1.0
-    top_p: Annotated[float | None, Field(gt=0.0, le=1.0, title="Top P")] = 1.0
-    top_k: Annotated[int | None, Field(ge=-1, title="Top K")] = 0
+    temperature: Annotated[
+        float | None,
+        Field(
+            description="0 = greedy; values in (0, 0.01) are raised to 0.01, as vLLM does",
+            ge=0.0,
+            le=2.0,
+            title="Temperature",
+        ),
+    ] = 1.0
+    top_p: Annotated[
+        float | None,
+        Field(description="nucleus mass in (0, 1]; the most likely token always stays", gt=0.0, le=1.0, title="Top P"),
+    ] = 1.0
+    top_k: Annotated[
+        int | None,
+        Field(
+            description="0 or -1 = off; a value >= the vocabulary size is off too", ge=-1, le=2147483647, title="Top K"
+        ),
+    ] = 0
     seed: Annotated[Seed | None, Field(title="Seed")] = None
     stop: Annotated[list[StopItem] | None, Field(max_length=16, title="Stop")] = None
     stop_token_ids: Annotated[list[StopTokenId] | None, Field(title="Stop Token Ids")] = None
@@ -241,9 +273,25 @@ class CompletionRequest(BaseModel):
     )
     model: Annotated[str | None, Field(title="Model")] = None
     n: Annotated[int | None, Field(ge=1, le=64, title="N")] = 1
-    temperature: Annotated[float | None, Field(ge=0.0, title="Temperature")] = 1.0
-    top_p: Annotated[float | None, Field(gt=0.0, le=1.0, title="Top P")] = 1.0
-    top_k: Annotated[int | None, Field(ge=-1, title="Top K")] = 0
+    temperature: Annotated[
+        float | None,
+        Field(
+            description="0 = greedy; values in (0, 0.01) are raised to 0.01, as vLLM does",
+            ge=0.0,
+            le=2.0,
+            title="Temperature",
+        ),
+    ] = 1.0
+    top_p: Annotated[
+        float | None,
+        Field(description="nucleus mass in (0, 1]; the most likely token always stays", gt=0.0, le=1.0, title="Top P"),
+    ] = 1.0
+    top_k: Annotated[
+        int | None,
+        Field(
+            description="0 or -1 = off; a value >= the vocabulary size is off too", ge=-1, le=2147483647, title="Top K"
+        ),
+    ] = 0
     seed: Annotated[Seed | None, Field(title="Seed")] = None
     stop: Annotated[list[StopItem] | None, Field(max_length=16, title="Stop")] = None
     stop_token_ids: Annotated[list[StopTokenId] | None, Field(title="Stop Token Ids")] = None

@@ -35,3 +35,19 @@ def test_combine_batched_rows_equal_single_rows():
     batched = combine_logprobs(patient, doctors, 1.0, betas)
     for b in range(2):
         assert torch.allclose(batched[b], combine_logprobs(patient[b], doctors[b], 1.0, betas[b]), atol=1e-6)
+
+
+def test_combine_is_finite_for_extreme_accepted_weights_and_masked_tokens():
+    """alpha 0 on a -inf log-prob (0 * inf) and a negative beta on one (inf - inf) must stay finite."""
+    patient = torch.tensor([0.0, float("-inf"), float("-inf")])  # a masked vocabulary
+    doctors = torch.tensor([[float("-inf"), 0.0, float("-inf")], [-1e30, -0.1, -3.0]])
+    for alpha, betas in [(0.0, [1.0, 1.0]), (1.0, [-100.0, 100.0]), (100.0, [-100.0, -100.0])]:
+        out = combine_logprobs(patient, doctors, alpha, torch.tensor(betas))
+        assert torch.isfinite(out).all() and torch.isclose(out.exp().sum(), torch.tensor(1.0))
+
+
+def test_combine_keeps_a_nan_row_nan_for_the_caller_to_blame():
+    patient = _lp([1.0, 2.0, 0.5], [1.0, 1.0, 1.0])
+    patient[1, 0] = float("nan")
+    out = combine_logprobs(patient, _lp([[0.0, 1.0, 0.0]], [[1.0, 0.0, 0.0]]), 0.5, torch.tensor([[1.0], [1.0]]))
+    assert torch.isfinite(out[0]).all() and torch.isnan(out[1]).all()

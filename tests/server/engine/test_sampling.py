@@ -57,3 +57,9 @@ def test_sample_frequencies_follow_distribution():
 def test_top_logprobs_best_first():
     top = top_logprobs(_logprobs([0.2, 0.7, 0.1]), 2)
     assert [t for t, _ in top] == [1, 0] and math.isclose(top[0][1], math.log(0.7), rel_tol=1e-6)
+
+
+def test_top_p_below_float32_resolution_keeps_the_most_likely_token():
+    lp = _logprobs([0.2, 0.7, 0.1])
+    kept = ~torch.isinf(apply_top_p(lp, 1e-300))  # 1e-300 is 0 in float32
+    assert kept.tolist() == [False, True, False]

@@ -2,8 +2,9 @@
 
 The contract between training/ and server/ (DESIGN.md, "Adapter folders"): a peft LoRA folder
 (`adapter_config.json`, `adapter_model.safetensors`, never pickles) plus `llmdoctor.json`, which
-plain peft folders may lack. `inspect_adapter` reads JSON and the safetensors header only, never
-tensor data, so refusing a folder costs milliseconds; engines then load the files it names.
+plain peft folders may lack. `read_adapter` reads the config and weights into memory once and
+checks those bytes (what they may hold: adapter_contents.py); engines build the adapter from the
+same bytes, so nothing can be swapped between check and load. `inspect_adapter` is its verdict.
 
 Which error, when (the same rule everywhere here):
 - ForbiddenError (403): no adapter root configured, or the path resolves outside every root.
@@ -23,18 +24,22 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from safetensors import safe_open
-
+from llmdoctor.server.adapter_contents import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    check_adapter_contents,
+    header_of,
+    linear_shapes,
+    read_adapter_bytes,
+)
 from llmdoctor.server.errors import AdapterError, ForbiddenError, NotFoundError
 from llmdoctor.server.model_store import converted_model_name
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 METADATA_FILE = "llmdoctor.json"
 KINDS = ("patient", "doctor")
 # Pickles can run code when loaded; a folder with only these is refused, never read.
@@ -42,9 +47,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 MAX_JSON_BYTES = 1 << 20  # adapter_config.json is ~1 KB; refuse to read a huge one into memory
 MAX_NAME_LEN = 64
 _NAME_RE = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_NAME_LEN}}}")
-# peft's saved keys: "<module>.lora_A.weight", "<module>.lora_B.weight" (Linear, Conv) and
-# "<module>.lora_embedding_A" / "_B" (Embedding). A holds the rank in dim 0, B in dim 1.
-_LORA_KEY_RE = re.compile(r"(?P<module>.+)\.lora_(?:embedding_)?(?P<side>[AB])(?:\.weight)?")
 
 
 @dataclass(frozen=True)
@@ -69,44 +71,76 @@ class AdapterManifest:
         return self.path / WEIGHTS_FILE
 
 
+@dataclass(frozen=True)
+class CheckedAdapter:
+    """An adapter folder's bytes as read once and checked: build the adapter from these, not the disk."""
+
+    manifest: AdapterManifest
+    config: dict  # adapter_config.json, parsed
+    weights: bytes = field(repr=False)  # adapter_model.safetensors, whole
+
+
 def inspect_adapter(
-    path: str, roots: Sequence[Path], kind: str, expected_base: str, max_rank: int = 64
+    path: str, roots: Sequence[Path], kind: str, expected_base: str, max_rank: int = 64,
+    model_shapes: Mapping[str, tuple[int, int]] | None = None,
 ) -> AdapterManifest:
     """Check that `path` is a loadable adapter of `kind` for `expected_base`; raise if it is not.
 
     `path` is absolute, or relative to the adapter roots (tried in order, first existing wins).
     Raises ForbiddenError / NotFoundError / AdapterError as the module docstring says.
-    Checks are made once, here: a loader should read `manifest.weights_file` and
-    `manifest.config_file` right after, not paths taken from the request again.
+    With `model_shapes` (adapter_contents.linear_shapes of the base) the tensors are checked
+    against the model's layers too. An engine does not load from the folder after this: it calls
+    `read_adapter` and loads the bytes that call checked.
     """
+    return read_adapter(path, roots, kind, expected_base, max_rank, model_shapes).manifest
+
+
+def read_adapter(
+    path: str, roots: Sequence[Path], kind: str, expected_base: str | None, max_rank: int = 64,
+    model_shapes: Mapping[str, tuple[int, int]] | None = None,
+) -> CheckedAdapter:
+    """Read the folder's config and weights into memory once, check those bytes (inspect_adapter's
+    checks), and return them: what a loader builds the adapter from, with no window for a swap.
+    `expected_base` None: the base model's name is not compared (the caller compares shapes)."""
     _check_kind(kind)
     folder = resolve_adapter_path(path, roots)
     _check_files(folder, path, _real_roots(roots))
-    config = _read_json(folder / CONFIG_FILE, path)
-    ranks = _check_lora_config(config, path, max_rank)
-    _check_tensor_ranks(folder / WEIGHTS_FILE, config, path)
+    config_bytes, weights = read_adapter_bytes(folder, path)
+    config = _parse_json(config_bytes, CONFIG_FILE, path)
+    ranks = check_adapter_contents(config, header_of(weights, path), path, max_rank, model_shapes)
     meta = _read_metadata(folder, path)
     if meta and meta["kind"] != kind:
         raise AdapterError(
             f"adapter {path!r} is a {meta['kind']} adapter (llmdoctor.json kind), but kind {kind!r} was requested",
             "kind",
         )
-    base = _stated_base(meta, config, path)
-    if not base_model_matches(base, expected_base):
+    base = _stated_base(meta, config, path) if expected_base is not None else meta.get("base_model", "")
+    if expected_base is not None and not base_model_matches(base, expected_base):
         raise AdapterError(
             f"adapter {path!r} was trained for base model {base!r}, but this server's {kind} "
             f"base model is {expected_base!r}",
             "path",
         )
-    return AdapterManifest(
+    manifest = AdapterManifest(
         path=folder,
         kind=kind,
         base_model=base,
         rank=max(ranks),
         lora_alpha=float(config.get("lora_alpha", 8)),  # 8 is peft's LoraConfig default
-        target_modules=_target_modules(config, path),
+        target_modules=tuple(sorted(config["target_modules"])),  # peft saves a set: its order varies
         meta=meta,
     )
+    return CheckedAdapter(manifest, config, weights)
+
+
+def read_folder_for_engine(path: str | Path, kind: str, max_rank: int, model_folder: Path) -> CheckedAdapter:
+    """What an engine runs before it loads: every check of what the folder holds, on its own disk,
+    against its own model's layers, returning the checked bytes to build the adapter from. The base
+    model's *name* is the API's policy (inspect_adapter, run by the service and each replica); the
+    engine checks what it can serve. `path` was resolved by whoever chose it, so its parent is the root."""
+    folder = Path(path).expanduser().resolve()
+    shapes = linear_shapes(model_folder) or None  # None: a model without safetensors; no shape check then
+    return read_adapter(str(folder), [folder.parent], kind, None, max_rank, shapes)
 
 
 def resolve_adapter_path(path: str, roots: Sequence[Path]) -> Path:
@@ -149,10 +183,10 @@ def validate_adapter_name(name: str) -> str:
 
     Whether it collides with the patient's or another adapter's name is the caller's check.
     """
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or set(name) == {"."}:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or set(name) == {"."} or name.startswith("__"):
         raise AdapterError(
             f"adapter name {name!r} is invalid: expected 1-{MAX_NAME_LEN} characters of "
-            "letters, digits, '.', '_' or '-' (not only dots)",
+            "letters, digits, '.', '_' or '-' (not only dots, not starting with '__', kept for internal names)",
             "name",
         )
     return name
@@ -252,98 +286,20 @@ def _read_json(file: Path, path: str) -> dict:
     try:
         if file.stat().st_size > MAX_JSON_BYTES:
             raise AdapterError(f"adapter {path!r}: {file.name} is larger than {MAX_JSON_BYTES} bytes", "path")
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        data = file.read_bytes()
+    except OSError as e:
         raise AdapterError(f"adapter {path!r}: cannot read {file.name}: {e}", "path") from e
+    return _parse_json(data, file.name, path)
+
+
+def _parse_json(data: bytes, file_name: str, path: str) -> dict:
     try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise AdapterError(f"adapter {path!r}: {file.name} is not valid JSON: {e}", "path") from e
-    if not isinstance(data, dict):
-        raise AdapterError(f"adapter {path!r}: {file.name} must hold a JSON object", "path")
-    return data
-
-
-def _check_lora_config(config: dict, path: str, max_rank: int) -> list[int]:
-    """peft_type LORA and every rank (r, rank_pattern values) in 1..max_rank; returns the ranks."""
-    if config.get("peft_type") != "LORA":
-        raise AdapterError(
-            f"adapter {path!r}: peft_type {config.get('peft_type')!r} in {CONFIG_FILE}; only LORA is supported",
-            "path",
-        )
-    alpha = config.get("lora_alpha", 8)
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float):
-        raise AdapterError(f"adapter {path!r}: lora_alpha must be a number, got {alpha!r}", "path")
-    pattern = config.get("rank_pattern") or {}
-    if not isinstance(pattern, dict):
-        raise AdapterError(f"adapter {path!r}: rank_pattern must be an object, got {pattern!r}", "path")
-    ranks = [config.get("r")] + list(pattern.values())
-    for rank in ranks:
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= max_rank:
-            raise AdapterError(
-                f"adapter {path!r}: bad rank {rank!r} in {CONFIG_FILE}; expected an integer "
-                f"from 1 to {max_rank} (this server's maximum LoRA rank)",
-                "path",
-            )
-    return ranks
-
-
-def _target_modules(config: dict, path: str) -> tuple[str, ...]:
-    targets = config.get("target_modules")
-    if targets is None:
-        return ()
-    if isinstance(targets, str):
-        return (targets,)  # peft treats a string as one regex over module names
-    if isinstance(targets, list) and all(isinstance(t, str) for t in targets):
-        return tuple(sorted(targets))  # peft saves a set: its order changes from run to run
-    raise AdapterError(f"adapter {path!r}: target_modules must be a string or a list of strings", "path")
-
-
-def _check_tensor_ranks(weights: Path, config: dict, path: str) -> None:
-    """Every LoRA A/B pair in the safetensors header has the rank the config gives its module."""
-    shapes = _lora_shapes(weights, path)
-    if not shapes:
-        raise AdapterError(f"adapter {path!r}: {WEIGHTS_FILE} holds no LoRA tensors (lora_A / lora_B)", "path")
-    for module, sides in sorted(shapes.items()):
-        expected = _module_rank(module, config, path)
-        if set(sides) != {"A", "B"}:
-            raise AdapterError(f"adapter {path!r}: {module} has lora_{''.join(sides)} but not both A and B", "path")
-        a_rank, b_rank = sides["A"][0], sides["B"][1]  # A: (r, in, ...), B: (out, r, ...)
-        if a_rank != expected or b_rank != expected:
-            raise AdapterError(
-                f"adapter {path!r}: bad rank in {WEIGHTS_FILE}: {module} has lora_A {list(sides['A'])} and "
-                f"lora_B {list(sides['B'])}, but {CONFIG_FILE} gives rank {expected}",
-                "path",
-            )
-
-
-def _lora_shapes(weights: Path, path: str) -> dict[str, dict[str, tuple[int, ...]]]:
-    """module -> {"A": shape, "B": shape}, from the header only (no tensor data is read)."""
-    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            for key in f.keys():
-                match = _LORA_KEY_RE.fullmatch(key)
-                if match:
-                    shape = tuple(f.get_slice(key).get_shape())
-                    shapes.setdefault(match["module"], {})[match["side"]] = shape
-    except Exception as e:  # safetensors raises its own SafetensorError for a bad header
-        raise AdapterError(f"adapter {path!r}: {WEIGHTS_FILE} is not a readable safetensors file: {e}", "path") from e
-    for module, sides in shapes.items():
-        if any(len(shape) < 2 for shape in sides.values()):
-            raise AdapterError(f"adapter {path!r}: {module} has a LoRA tensor with fewer than 2 dims", "path")
-    return shapes
-
-
-def _module_rank(module: str, config: dict, path: str) -> int:
-    """peft's rule: the first rank_pattern key matching the module name's end, else r."""
-    for pattern, rank in (config.get("rank_pattern") or {}).items():
-        try:
-            if re.match(rf"(.*\.)?({pattern})$", module):
-                return rank
-        except re.error as e:
-            raise AdapterError(f"adapter {path!r}: rank_pattern key {pattern!r} is not a regex: {e}", "path") from e
-    return config["r"]
+        parsed = json.loads(data.decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError is a ValueError
+        raise AdapterError(f"adapter {path!r}: {file_name} is not valid JSON: {e}", "path") from e
+    if not isinstance(parsed, dict):
+        raise AdapterError(f"adapter {path!r}: {file_name} must hold a JSON object", "path")
+    return parsed
 
 
 def _read_metadata(folder: Path, path: str) -> dict:

@@ -2,15 +2,17 @@
 
 An unload while requests use the adapter hides it from new requests at once and frees it when
 the last such request finishes ("in-flight requests finish on what they started with").
-Thread-safe: the event loop pins and lists, the engine thread loads and frees.
+A load or unload holds its name (`claim`) until it is done, and so does the freeing of a leaving
+adapter: a second load or unload of that name meanwhile is a ConflictError (409), so changes to
+one name never interleave. Thread-safe: the event loop pins and lists, the engine thread frees.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import Counter
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from llmdoctor.server.engine.protocol import AdapterInfo, AdapterKind, GenerateRequest
 from llmdoctor.server.errors import ConflictError, NotFoundError
@@ -23,6 +25,28 @@ class AdapterTable:
         self._leaving: dict[str, AdapterInfo] = {}  # unloaded but still used by requests
         self._pins: Counter[str] = Counter()
         self._reserved = set(reserved_names)
+        self._busy: set[str] = set()  # names a load, unload or free is working on
+
+    @contextmanager
+    def claim(self, name: str) -> Iterator[None]:
+        """Hold `name` for one load or unload; ConflictError if another one holds it now."""
+        self._take(name)
+        try:
+            yield
+        finally:
+            self.done(name)
+
+    def _take(self, name: str) -> None:
+        with self._lock:
+            if name in self._busy:
+                raise ConflictError(f"adapter '{name}' is being loaded or unloaded right now; retry when that "
+                                    "finishes", "name")
+            self._busy.add(name)
+
+    def done(self, name: str) -> None:
+        """Let go of a name held by `claim` or handed out by `unpin`."""
+        with self._lock:
+            self._busy.discard(name)
 
     def check_free(self, name: str) -> None:
         with self._lock:
@@ -56,24 +80,27 @@ class AdapterTable:
             self._pins.update(name for name, _, _ in wanted)
 
     def unpin(self, names: list[str]) -> list[str]:
-        """One user fewer for each; returns the leaving adapters nobody uses any more (to free now)."""
+        """One user fewer for each; returns the leaving adapters nobody uses any more. The caller frees
+        each and then calls `done(name)`: until then the name stays held (a load of it gets 409)."""
         with self._lock:
             self._pins.subtract(names)
-            free = [n for n in names if n in self._leaving and self._pins[n] <= 0]
+            free = [n for n in dict.fromkeys(names) if n in self._leaving and self._pins[n] <= 0]
             for n in free:
                 del self._leaving[n]
+                self._busy.add(n)
             return free
 
-    def retire(self, name: str) -> bool:
-        """Hide `name` from new requests. True when nobody uses it (free it now)."""
+    def retire(self, name: str) -> AdapterInfo | None:
+        """Hide `name` from new requests. Returns its info when nobody uses it (free it now), else None
+        (the last user's `unpin` hands it out)."""
         with self._lock:
             info = self._live.pop(name, None)
             if info is None:
                 raise NotFoundError(f"no adapter named '{name}' is loaded; loaded: {sorted(self._live)}", "name")
             if self._pins[name] > 0:
                 self._leaving[name] = info
-                return False
-            return True
+                return None
+            return info
 
     def users(self, name: str) -> int:
         with self._lock:
@@ -89,11 +116,3 @@ def wanted_adapters(request: GenerateRequest) -> list[tuple[str, AdapterKind, st
         if d.beta != 0.0:
             wanted.append((d.name, "doctor", f"guidance.doctors[{i}].name"))
     return wanted
-
-
-def adapter_facts(path: Path) -> tuple[int, dict]:
-    """(rank, llmdoctor.json contents) of an adapter folder."""
-    rank = int(json.loads((path / "adapter_config.json").read_text()).get("r", 0))
-    meta_file = path / "llmdoctor.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    return rank, meta

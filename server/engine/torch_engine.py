@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from llmdoctor.server.engine.adapter_table import AdapterTable, adapter_facts, wanted_adapters
+from llmdoctor.server.adapter_folders import read_folder_for_engine
+from llmdoctor.server.engine.adapter_table import AdapterTable, wanted_adapters
 from llmdoctor.server.engine.decode_rule import combine_logprobs, logprobs_from_logits
 from llmdoctor.server.engine.doctor_runner import DoctorRunner
 from llmdoctor.server.engine.lora_host import LoraHost
@@ -47,6 +48,8 @@ from llmdoctor.server.errors import (
 from llmdoctor.server.model_store import ResolvedModel
 
 logger = logging.getLogger(__name__)
+TORCH_MAX_RANK = 1024  # peft batches any rank; the API's --max-lora-rank is the operator's cap
+
 
 class TorchEngine:
     """Implements `Engine` (protocol.py) with transformers + peft on CPU or one GPU."""
@@ -84,6 +87,7 @@ class TorchEngine:
         self._thread: threading.Thread | None = None
         self._steps = 0
         self._generated = 0
+        self._suspects: list[Sequence] = []  # after a failed step: requests to step alone once
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -154,8 +158,9 @@ class TorchEngine:
         with self._lock:
             if request.request_id in self._all:
                 raise InvalidRequestError(f"request id '{request.request_id}' is already running", "request_id")
-            waiting = len(self._all) - len(self._running)
-            if waiting >= self.max_queue:
+            # Running + waiting, as vllm_engine counts: requests not yet moved into free batch slots by
+            # the loop thread are not waiting (an n > max_queue call on an idle engine would get a 503).
+            if len(self._all) >= self.max_batch + self.max_queue:
                 raise QueueFullError(f"the queue is full ({self.max_queue} waiting requests); retry later")
             seq = self._new_sequence(request)
             self.table.pin([(n, k, p) for n, k, p in wanted_adapters(request)])
@@ -199,20 +204,28 @@ class TorchEngine:
         return self.table.list()
 
     async def load_adapter(self, name: str, path: str, kind: AdapterKind) -> AdapterInfo:
-        """Load a LoRA folder (already checked by server/adapter_folders.py) between decode steps."""
-        self.table.check_free(name)
-        info = AdapterInfo(name, kind, str(path), self.model_name if kind == "patient" else self.doctor_base_name,
-                           *adapter_facts(Path(path)))
-        host = self.patient_rows.host if kind == "patient" else self.doctors.host
-        await self._call(lambda: host.load(name, path))
-        self.table.add(info)
-        return info
+        """Check the folder here (its bytes, read once, against this engine's model), then build the
+        adapter from those bytes between decode steps. All or nothing: a failed load leaves the model
+        as it was. A load or unload of the same name meanwhile gets ConflictError (409)."""
+        with self.table.claim(name):
+            self.table.check_free(name)
+            patient = kind == "patient"
+            base_name = self.model_name if patient else self.doctor_base_name
+            folder = self._doctor_source.folder if not patient and self._doctor_source else self.model_folder
+            checked = await asyncio.to_thread(read_folder_for_engine, path, kind, TORCH_MAX_RANK, folder)
+            host = self.patient_rows.host if patient else self.doctors.host
+            await self._call(lambda: host.load(name, checked.config, checked.weights))
+            manifest = checked.manifest
+            info = AdapterInfo(name, kind, str(manifest.path), base_name, manifest.rank, manifest.meta)
+            self.table.add(info)
+            return info
 
     async def unload_adapter(self, name: str) -> None:
         """Hide the adapter from new requests now; free it when in-flight users finish."""
-        info = next((a for a in self.table.list() if a.name == name), None)
-        if self.table.retire(name):
-            await self._call(lambda: self._free_adapter(info))
+        with self.table.claim(name):
+            info = self.table.retire(name)
+            if info is not None:
+                await self._call(lambda: self._free_adapter(info))
 
     def _free_adapter(self, info: AdapterInfo) -> None:
         host = self.patient_rows.host if info.kind == "patient" else self.doctors.host
@@ -241,12 +254,14 @@ class TorchEngine:
         while not self._stopped.is_set():
             self._drain_inbox(block=not self._waiting and not self._running)
             self._admit()
-            if self._running:
+            if self._suspects:
+                self._step_isolated()
+            elif self._running:
                 try:
-                    self._step()
-                except Exception as exc:  # noqa: BLE001 - fail the batch, keep serving
-                    logger.exception("decode step failed; ending the running requests")
-                    self._fail_running(f"engine error: {exc}")
+                    self._step(list(self._running.values()))
+                except Exception:  # noqa: BLE001 - blame the requests that caused it, keep serving the rest
+                    logger.exception("decode step failed; retrying its requests one at a time")
+                    self._restart_rows()
 
     def _drain_inbox(self, block: bool) -> None:
         try:
@@ -268,29 +283,34 @@ class TorchEngine:
             seq = self._waiting.popleft()
             self._running[seq.id] = seq
 
-    def _step(self) -> None:
-        # 1) plan: running rows get their last token, admitted rows join with their prompt
+    def _step(self, seqs: list[Sequence]) -> None:
+        """One token for each of `seqs`: every row in the caches plus any joiners (rows share cache columns)."""
+        # 1) plan: running rows get their last token, new (or restarted) rows join with their whole prefix
         patient_plan = StepPlan()
         doctor_plan = patient_plan if self.doctors.shared else StepPlan()
-        for seq in self._running.values():
+        for seq in seqs:
             if seq.admitted:
                 patient_plan.feed[seq.id] = seq.output[-1]
                 self.doctors.feed(doctor_plan, seq.id, seq.output[-1], seq.doctors)
             else:
-                patient_plan.join[seq.id] = (seq.request.prompt_token_ids, seq.request.adapter)
-                self.doctors.join(doctor_plan, seq.id, seq.request.prompt_token_ids, seq.doctors)
+                patient_plan.join[seq.id] = (seq.prefix, seq.request.adapter)
+                self.doctors.join(doctor_plan, seq.id, seq.prefix, seq.doctors)
                 seq.admitted = True
         # 2) one forward per model: patient (+ doctor rows on a shared base), doctor base if separate
         patient = self.patient_rows.step(patient_plan)
         doctor = patient if self.doctors.shared else self.doctors.step(doctor_plan)
         patient_logprobs = logprobs_from_logits(patient.logits)  # (N, V), every row of the patient batch
-        # 3) the rule per request, then one batched draw
-        seqs = list(self._running.values())
+        # 3) the rule per request; rows it could not make finite fail alone; one batched draw for the rest
         rows = torch.tensor([patient.index[seq.id] for seq in seqs], device=patient_logprobs.device)
         rule = patient_logprobs.index_select(0, rows)  # (R, V): unguided rows are the patient's own
         for i, seq in enumerate(seqs):
             if not seq.request.guidance.is_plain:
                 rule[i] = self._rule_logprobs(seq, rule[i], doctor)
+        finite = rule.isfinite().all(dim=-1).tolist()  # (R,): one transfer per step
+        if not all(finite):
+            seqs, rule = self._fail_non_finite(seqs, rule, finite)
+            if not seqs:
+                return
         params = [seq.request.sampling for seq in seqs]
         tokens = sample_rows(rule, [p.temperature for p in params], [p.top_k for p in params],
                              [p.top_p for p in params], [seq.generator for seq in seqs])
@@ -328,9 +348,12 @@ class TorchEngine:
             self._running.pop(seq.id, None)
             with self._lock:
                 self._all.pop(seq.id, None)
-            for name in self.table.unpin(seq.pinned):
+            for name in self.table.unpin(seq.pinned):  # leaving adapters nobody uses now
                 host = self.patient_rows.host if name == seq.request.adapter else self.doctors.host
-                host.unload(name)
+                try:
+                    host.unload(name)
+                finally:
+                    self.table.done(name)
 
     def _abort(self, request_id: str, error: str | None) -> None:
         seq = self._all.get(request_id)
@@ -345,12 +368,48 @@ class TorchEngine:
         for request_id in list(self._all):
             self._abort(request_id, "the server is shutting down")
 
-    def _fail_running(self, error: str) -> None:
-        failed = list(self._running.values())
-        for seq in failed:
+    def _fail(self, seqs: list[Sequence], error: str) -> None:
+        """End requests with finish "abort" and `error` (the API makes it that request's error alone)."""
+        seqs = [seq for seq in seqs if not seq.finished]
+        for seq in seqs:
             seq.emit((), finish="abort", error=error)
-        self._release(failed)
-        # the cache may be half-written: start the rows afresh
+        self._release(seqs)
+
+    def _fail_non_finite(self, seqs: list[Sequence], rule: torch.Tensor, finite: list[bool]):
+        """End the requests whose rule row is NaN / inf (their model or doctor output was); keep the rest."""
+        keep = [i for i, ok in enumerate(finite) if ok]
+        bad = [seq for seq, ok in zip(seqs, finite) if not ok]
+        logger.error("non-finite log-probs in the rows of %s; ending those requests", [seq.id for seq in bad])
+        self._fail(bad, "engine error: the decode rule gave non-finite log-probs for this request "
+                        "(NaN or inf in its patient or doctor output)")
+        return [seqs[i] for i in keep], rule[keep]
+
+    def _restart_rows(self) -> None:
+        """After a failed step the caches may be half-written: drop every row. Each running request rejoins
+        with its whole prefix, first alone (`_step_isolated`), so a fault that comes back is its own."""
+        self._clear_rows()
+        self._suspects = list(self._running.values())
+        for seq in self._suspects:
+            seq.admitted = False
+
+    def _step_isolated(self) -> None:
+        """One step per suspect, alone on empty caches. A step that fails again fails that request only;
+        the others carry on (they rejoin together at the next ordinary step)."""
+        suspects, self._suspects = self._suspects, []
+        for seq in suspects:
+            if seq.id not in self._running:  # aborted meanwhile
+                continue
+            # 1) the request alone: prefill its prefix, rule, draw, emit
+            try:
+                self._step([seq])
+            except Exception as exc:  # noqa: BLE001 - the fault follows this request: blame it
+                logger.exception("decode step failed again for request %s alone; ending it", seq.id)
+                self._fail([seq], f"engine error: {exc}")
+            # 2) empty the caches again, so the next request also runs alone
+            self._clear_rows()
+            seq.admitted = False
+
+    def _clear_rows(self) -> None:
         self.patient_rows.remove(list(self.patient_rows.keys))
         if not self.doctors.shared:
             self.doctors.rows.remove(list(self.doctors.rows.keys))

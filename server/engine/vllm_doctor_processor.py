@@ -13,6 +13,12 @@ The doctors run in the same `DoctorRunner` the torch engine uses, on a transform
 doctor base in this process. Each guided request has one doctor row per doctor, with its own KV
 cache, fed every step with the token vLLM actually sampled (read from the live output list vLLM
 hands us). Doctor adapters arrive at run time through `collective_rpc` into `DoctorWorkerExtension`.
+
+Failures stay with the requests that cause them (issue 15.1): a guided row whose rule comes out NaN/inf,
+or whose doctor forward fails again when retried alone after a failed batched forward, is "blamed". A
+logits processor cannot abort a request, so a blamed row is forced to the EOS token from then on: it ends
+with finish_reason "stop" (an ignore_eos request keeps getting EOS until max_tokens), and the server
+log says why. Every other row gets exactly the logits it would have got without it.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from llmdoctor.server.engine.lora_host import LoraHost
 from llmdoctor.server.engine.model_checks import check_full_attention, eos_ids
 from llmdoctor.server.engine.row_batch import RowBatch, StepPlan
 from llmdoctor.server.engine.vllm_guidance import EXTRA_ARGS_KEY, RowGuidance, parse_guidance
-from llmdoctor.server.errors import AdapterError
+from llmdoctor.server.errors import AdapterError, ConflictError
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +59,13 @@ class DoctorHost:
         self.runner = DoctorRunner(RowBatch(LoraHost(model), eos[0] if eos else 0, dtype), shared=False)
         logger.info("doctor runner ready in the vLLM engine process: base %s on %s", folder, device)
 
-    def load(self, name: str, path: str) -> None:
-        self.runner.host.load(name, path)
+    def load(self, name: str, config: dict, weights: bytes) -> None:
+        """Build doctor `name` from checked bytes (the engine checked them; all or nothing)."""
+        self.runner.host.load(name, config, weights)
 
     def unload(self, name: str) -> None:
-        self.runner.host.unload(name)
+        if name in self.runner.host.names():  # also called to undo a load that failed
+            self.runner.host.unload(name)
 
     def names(self) -> list[str]:
         return self.runner.host.names()
@@ -86,6 +94,7 @@ class GuidedRow:
     prompt: list[int]
     output: list[int]  # vLLM's live list of the request's sampled tokens
     fed: int = 0  # tokens the doctor rows hold (0: not joined)
+    ended: bool = False  # blamed for a failure: forced to EOS until vLLM retires it
 
     @property
     def length(self) -> int:
@@ -107,6 +116,10 @@ class DoctorLogitsProcessor(LogitsProcessor):
         self.rows: dict[int, GuidedRow] = {}  # batch index -> guided request
         self.leaving: list[GuidedRow] = []  # their doctor rows go at the next step
         self.keys = itertools.count()
+        self.ending: list[int] = []  # batch indices of blamed rows, this step
+        base = self.host.runner.host.base
+        eos = eos_ids(base.generation_config, base.config)
+        self.end_token = eos[0] if eos else None  # what a blamed row is forced to (None: left unguided)
 
     def is_argmax_invariant(self) -> bool:
         return False  # the rule changes the argmax: greedy requests must come through apply
@@ -143,47 +156,72 @@ class DoctorLogitsProcessor(LogitsProcessor):
         try:
             return self._apply(logits)
         except Exception:
-            # A doctor failure must not take the patient down with it (vLLM would declare the whole
-            # engine dead): log it, start the doctor rows afresh, and let this step's rows go unguided.
-            logger.exception("the doctor step failed; guided rows take the patient's token this step")
-            self.host.runner.rows.remove(list(self.host.runner.rows.keys))
-            for row in self.rows.values():
-                row.fed = 0
+            # Last resort for a fault outside the doctor forward (which _apply blames per row): vLLM would
+            # declare the whole engine dead. Start the doctor rows afresh; this step's rows go unguided.
+            logger.exception("the doctor step failed outside the forward; guided rows go unguided this step")
+            self._reset_doctor_rows()
             self.leaving.clear()
             return logits
 
     def _apply(self, logits: torch.Tensor) -> torch.Tensor:
-        runner = self.host.runner
-        # 1) plan: who feeds one token, who (re)joins with its whole prefix, whose doctor rows go
-        plan, ready, restart = StepPlan(), [], []
+        # 1) bookkeeping: whose doctor rows leave or restart; who is guided this step
+        ready = self._sync_rows()
+        # 2) one batched doctor forward for every guided request, then the rule row by row
+        plan = self._plan(ready)
+        try:
+            result = self.host.runner.step(plan)
+        except Exception:  # noqa: BLE001 - blamed below, row by row
+            logger.exception("the doctor forward failed; retrying its requests one at a time")
+            self._reset_doctor_rows()
+            self._guide_isolated(logits, ready)
+        else:
+            self._write_rule(logits, ready, result)
+        # 3) rows blamed for a failure, now or earlier, are forced to end
+        self._force_end(logits)
+        return logits
+
+    def _sync_rows(self) -> list[int]:
+        """Drop the doctor rows of leavers and of rows out of step; return the batch indices to guide."""
+        ready, restart, self.ending = [], [], []
         for index, row in self.rows.items():
-            if not row.guidance.doctors:  # alpha alone: no doctor to run
+            if row.ended:
+                self.ending.append(index)
+                continue
+            if not row.guidance.doctors or not row.fed:  # alpha alone, or new
                 ready.append(index)
-            elif row.fed and row.length == row.fed + 1:  # the usual step: one new token
-                runner.feed(plan, row.key, row.output[-1], row.guidance.doctors)
+            elif row.length == row.fed + 1:  # the usual step: one new token
                 ready.append(index)
-            elif row.fed and row.length == row.fed:
+            elif row.length == row.fed:
                 # No token since the last step (a chunked prefill continuing): vLLM throws this row's sample
                 # away, so leave its logits alone; the doctor rows rejoin when the request moves on.
                 restart.append(row)
-            else:  # new, or out of step (preempted and recomputed): (re)join with the whole prefix
-                if row.fed:
-                    restart.append(row)
+            else:  # out of step (preempted and recomputed): rejoin with the whole prefix
+                restart.append(row)
                 ready.append(index)
         gone = [r for r in self.leaving if r.fed] + restart
         if gone:  # one cache compaction for everyone leaving
-            runner.leave([r.doctor_rows for r in gone])
+            self.host.runner.leave([r.doctor_rows for r in gone])
         for row in restart:
             row.fed = 0
         self.leaving.clear()
-        for index in ready:
+        return ready
+
+    def _plan(self, indices: list[int]) -> StepPlan:
+        """Feed each row its new token, or join it with its whole prefix; the rows then hold `length` tokens."""
+        plan = StepPlan()
+        for index in indices:
             row = self.rows[index]
-            if row.guidance.doctors and not row.fed:
-                runner.join(plan, row.key, tuple(row.prompt) + tuple(row.output), row.guidance.doctors)
+            if row.guidance.doctors and row.fed:
+                self.host.runner.feed(plan, row.key, row.output[-1], row.guidance.doctors)
+            elif row.guidance.doctors:
+                self.host.runner.join(plan, row.key, tuple(row.prompt) + tuple(row.output), row.guidance.doctors)
             row.fed = row.length
-        # 2) one batched doctor forward for every guided request, then the rule row by row
-        result = runner.step(plan)
-        for index in ready:
+        return plan
+
+    def _write_rule(self, logits: torch.Tensor, indices: list[int], result) -> None:
+        """Replace each guided row by the rule; rows that come out non-finite are blamed (ended)."""
+        runner = self.host.runner
+        for index in indices:
             row = self.rows[index]
             patient = logprobs_from_logits(logits[index])
             if row.guidance.doctors:
@@ -192,18 +230,61 @@ class DoctorLogitsProcessor(LogitsProcessor):
                 doctors = patient.new_zeros((0, patient.shape[-1]))
             rule = combine_logprobs(patient, doctors, row.guidance.alpha, row.betas.to(patient.device))
             logits[index] = rule.to(logits.dtype)
-        return logits
+        if not indices:
+            return
+        finite = logits[indices].isfinite().all(dim=-1).tolist()  # (R,): one transfer per step
+        for index, ok in zip(indices, finite):
+            if not ok:
+                logger.error("non-finite rule log-probs in batch row %d; ending that request", index)
+                self._blame(index)
+
+    def _guide_isolated(self, logits: torch.Tensor, indices: list[int]) -> None:
+        """After a failed doctor forward: each row's doctors alone, on an emptied runner. A row whose forward
+        fails again is blamed; the others are guided as usual (and rejoin together next step)."""
+        for index in indices:
+            try:
+                result = self.host.runner.step(self._plan([index]))
+            except Exception:  # noqa: BLE001 - the fault follows this request: blame it
+                logger.exception("the doctor forward failed again for batch row %d alone; ending that request", index)
+                self._reset_doctor_rows()
+                self._blame(index)
+                continue
+            self._write_rule(logits, [index], result)
+            self._reset_doctor_rows()  # so the next row runs alone too
+
+    def _blame(self, index: int) -> None:
+        """A processor cannot abort a request: the row is forced to EOS from now on (see _force_end)."""
+        row = self.rows[index]
+        if row.fed:
+            self.host.runner.leave([row.doctor_rows])
+        row.fed, row.ended = 0, True
+        self.ending.append(index)
+
+    def _force_end(self, logits: torch.Tensor) -> None:
+        """EOS for every blamed row (`ending`, gathered this step), every other token impossible."""
+        if self.end_token is None or not self.ending:
+            return  # nothing to end with: the blamed rows keep the patient's logits (unguided)
+        logits[self.ending] = float("-inf")
+        logits[self.ending, self.end_token] = 0.0
+
+    def _reset_doctor_rows(self) -> None:
+        """Drop every doctor row (after a failed forward its cache may be half-written); all rejoin."""
+        runner = self.host.runner
+        runner.rows.remove(list(runner.rows.keys))
+        for row in self.rows.values():
+            row.fed = 0
 
 
 class DoctorWorkerExtension:
     """Methods vLLM mixes into its worker (`worker_extension_cls`), reached from the API process with
     `AsyncLLM.collective_rpc(name, args=...)`. They run between engine steps, so never during apply."""
 
-    def llmdoctor_load_doctor(self, name: str, path: str) -> str | None:
-        """Load a doctor LoRA folder; returns an error message instead of raising (it crosses processes)."""
+    def llmdoctor_load_doctor(self, name: str, config: dict, weights: bytes) -> str | None:
+        """Load a doctor from the adapter_config dict and safetensors bytes the engine checked;
+        returns an error message instead of raising (it crosses processes)."""
         try:
-            doctor_host(self.vllm_config, self.device).load(name, path)
-        except AdapterError as exc:
+            doctor_host(self.vllm_config, self.device).load(name, config, weights)
+        except (AdapterError, ConflictError) as exc:
             return str(exc)
         return None
 

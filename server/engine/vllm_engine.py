@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 
-from llmdoctor.server.engine.adapter_table import AdapterTable, adapter_facts, wanted_adapters
+from llmdoctor.server.adapter_contents import CONFIG_FILE, WEIGHTS_FILE
+from llmdoctor.server.adapter_folders import read_folder_for_engine
+from llmdoctor.server.engine.adapter_table import AdapterTable, wanted_adapters
 from llmdoctor.server.engine.model_checks import check_same_vocabulary, eos_ids, max_model_len
 from llmdoctor.server.engine.protocol import (
     AdapterInfo,
@@ -39,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 PROCESSOR = "llmdoctor.server.engine.vllm_doctor_processor:DoctorLogitsProcessor"
 WORKER_EXTENSION = "llmdoctor.server.engine.vllm_doctor_processor.DoctorWorkerExtension"
+DOCTOR_MAX_RANK = 1024  # doctors run in peft, which batches any rank; the API's --max-lora-rank caps it
 FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
 
 
@@ -249,51 +255,82 @@ class VllmEngine:
         return self.table.list()
 
     async def load_adapter(self, name: str, path: str, kind: AdapterKind) -> AdapterInfo:
-        """Patient adapters into vLLM's LoRA manager; doctors into the processor's runner, in vLLM's process."""
-        self.table.check_free(name)
-        rank, meta = adapter_facts(Path(path))
-        info = AdapterInfo(name, kind, str(path), self.model_name if kind == "patient" else self.doctor_base_name,
-                           rank, meta)
-        if kind == "patient":
-            from vllm.lora.request import LoRARequest
+        """Check the folder here (its bytes, read once, against this engine's model), then hand vLLM
+        those bytes: patient adapters through a private staging folder into vLLM's LoRA manager,
+        doctors to the processor's runner in vLLM's process. A failed load changes nothing; a load
+        or unload of the same name meanwhile gets ConflictError (409)."""
+        with self.table.claim(name):
+            self.table.check_free(name)
+            if kind == "doctor" and not self.doctors_enabled:
+                raise AdapterError("this vllm engine was started without the doctor processor", "kind")
+            patient = kind == "patient"
+            base_name = self.model_name if patient else self.doctor_base_name
+            checked = await asyncio.to_thread(
+                read_folder_for_engine, path, kind, self.max_lora_rank if patient else DOCTOR_MAX_RANK,
+                self.model_folder if patient else self.doctor_folder)
+            if patient:
+                await self._add_patient_lora(name, checked)
+            else:
+                await self._add_doctor(name, checked)
+            manifest = checked.manifest
+            info = AdapterInfo(name, kind, str(manifest.path), base_name, manifest.rank, manifest.meta)
+            self.table.add(info)
+            return info
 
-            if rank > self.max_lora_rank:
-                raise AdapterError(f"adapter '{name}' has LoRA rank {rank}, above the engine's --max-lora-rank "
-                                   f"{self.max_lora_rank}", "path")
-            lora = LoRARequest(name, next(self._lora_ids), str(path))
-            try:
-                await self._on_engine_loop(self._llm.add_lora(lora))
-            except Exception as exc:  # noqa: BLE001 - vLLM's own checks (modules, shapes) as a 400
-                raise AdapterError(f"adapter '{name}' at {path} does not fit the model: {exc}", "path") from exc
-            self._loras[name] = lora
-        elif not self.doctors_enabled:
-            raise AdapterError("this vllm engine was started without the doctor processor", "kind")
-        else:
-            errors = await self._on_engine_loop(self._llm.collective_rpc("llmdoctor_load_doctor", args=(name, path)))
-            error = next((e for e in errors if e), None)
-            if error:
-                await self._on_engine_loop(self._llm.collective_rpc("llmdoctor_unload_doctor", args=(name,)))
-                raise AdapterError(error, "path")
-        self.table.add(info)
-        return info
+    async def _add_patient_lora(self, name: str, checked) -> None:
+        from vllm.lora.request import LoRARequest
+
+        # vLLM loads LoRAs from a folder (and again after evicting one from its CPU cache): give it a
+        # private copy of the checked bytes, so what it reads is what was checked.
+        staging = stage_adapter(checked)
+        lora = LoRARequest(name, next(self._lora_ids), str(staging))
+        try:
+            await self._on_engine_loop(self._llm.add_lora(lora))
+        except Exception as exc:  # noqa: BLE001 - vLLM's own checks, should ours have missed one
+            shutil.rmtree(staging, ignore_errors=True)
+            raise AdapterError(f"adapter '{name}' does not fit the model: {exc}", "path") from exc
+        self._loras[name] = lora
+
+    async def _add_doctor(self, name: str, checked) -> None:
+        errors = await self._on_engine_loop(
+            self._llm.collective_rpc("llmdoctor_load_doctor", args=(name, checked.config, checked.weights)))
+        error = next((e for e in errors if e), None)
+        if error:  # a worker that did load it lets go (a host's load is all or nothing)
+            await self._on_engine_loop(self._llm.collective_rpc("llmdoctor_unload_doctor", args=(name,)))
+            raise AdapterError(error, "path")
 
     async def unload_adapter(self, name: str) -> None:
         """Hide the adapter from new requests now; free it when in-flight users finish."""
-        info = next((a for a in self.table.list() if a.name == name), None)
-        if self.table.retire(name):
-            await self._free(info.name, info.kind)
+        with self.table.claim(name):
+            info = self.table.retire(name)
+            if info is not None:
+                await self._free(info.name, info.kind)
 
     async def _release(self, names: list[str]) -> None:
         kinds = {name: ("patient" if name in self._loras else "doctor") for name in names}
-        for name in self.table.unpin(names):
-            await self._free(name, kinds[name])
+        for name in self.table.unpin(names):  # leaving adapters nobody uses now
+            try:
+                await self._free(name, kinds[name])
+            finally:
+                self.table.done(name)
 
     async def _free(self, name: str, kind: AdapterKind) -> None:
         if kind == "patient":
             lora = self._loras.pop(name)
-            await self._on_engine_loop(self._llm.remove_lora(lora.lora_int_id))
+            try:
+                await self._on_engine_loop(self._llm.remove_lora(lora.lora_int_id))
+            finally:
+                shutil.rmtree(lora.lora_path, ignore_errors=True)
         else:
             await self._on_engine_loop(self._llm.collective_rpc("llmdoctor_unload_doctor", args=(name,)))
+
+
+def stage_adapter(checked) -> Path:
+    """A private folder (0700) holding exactly the checked adapter_config.json and weights."""
+    folder = Path(tempfile.mkdtemp(prefix="llmdoctor-lora-"))  # mkdtemp: mode 0700, a fresh name
+    (folder / CONFIG_FILE).write_text(json.dumps(checked.config))
+    (folder / WEIGHTS_FILE).write_bytes(checked.weights)
+    return folder
 
 
 async def _cancel_the_rest() -> None:

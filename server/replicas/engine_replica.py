@@ -11,6 +11,11 @@ API, tokenization and stop strings stay in one place and replicas only decode.
   use (an LRU of `--max-loras` per replica; an evicted one is unloaded) and Serve prefers replicas
   that already hold it.
 - Health: Serve calls `check_health`; a replica whose engine loop died is restarted.
+- Every replica checks each adapter folder for itself, on its own disk, before it loads it (the
+  API's folder checks with this deployment's settings, then the engine's checks of the very bytes
+  it loads), a replica that starts later included. A folder that fails here is reported (the ack's
+  failures, the heartbeat's `adapter_failures`) and requests naming it get an error from this
+  replica, never another adapter or none.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ import asyncio
 import logging
 import os
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from ray import serve
 
-from llmdoctor.server.engine.protocol import GenerateRequest
-from llmdoctor.server.errors import NotFoundError
+from llmdoctor.server.adapter_folders import inspect_adapter
+from llmdoctor.server.engine.protocol import AdapterInfo, GenerateRequest
+from llmdoctor.server.errors import EngineDeadError, NotFoundError
 from llmdoctor.server.replicas.registry import HEARTBEAT_SECONDS, Snapshot, get_registry
 
 logger = logging.getLogger(__name__)
@@ -56,6 +63,7 @@ class EngineReplica:
         self.engine = await asyncio.to_thread(build_engine, self.settings)
         await self.engine.start()
         self.doctors: dict[str, int] = {}  # loaded doctor -> generation
+        self.failures: dict[str, str] = {}  # adapter (doctor name or patient model id) -> why this replica refused it
         self.snapshot = Snapshot(-1)
         await self._apply(await self.registry.snapshot.remote())  # the current set, before any traffic
         self._tasks = [asyncio.create_task(self._follow()), asyncio.create_task(self._heartbeat())]
@@ -65,6 +73,7 @@ class EngineReplica:
 
     async def generate(self, request: GenerateRequest):
         """The engine's token events for one request (a streaming handle call)."""
+        self._refuse_failed(request)
         if request.adapter:
             await self._patient(serve.get_multiplexed_model_id())
         async for event in self.engine.generate(request):
@@ -94,8 +103,31 @@ class EngineReplica:
         entry = await self._entry(model_id)
         if any(a.name == model_id for a in self.engine.adapters()):
             return LoadedPatient(self, model_id)
-        await self.engine.load_adapter(model_id, entry.path, "patient")
+        await self._load_checked(model_id, entry.path, "patient")
         return LoadedPatient(self, model_id)
+
+    async def _load_checked(self, name: str, path: str, kind: str) -> AdapterInfo:
+        """Check the folder on this replica's disk, then load it; a failure is recorded and re-raised."""
+        try:
+            folder = Path(path)
+            expected = self.engine.model_name if kind == "patient" else self.engine.doctor_base_name
+            await asyncio.to_thread(inspect_adapter, str(folder), [folder.parent], kind, expected,
+                                    self.settings.max_lora_rank)
+            info = await self.engine.load_adapter(name, path, kind)
+        except Exception as exc:
+            self.failures[name] = getattr(exc, "message", None) or str(exc)
+            logger.warning("replica %s refused adapter %s at %s: %s", self.replica_id, name, path, self.failures[name])
+            raise
+        self.failures.pop(name, None)
+        return info
+
+    def _refuse_failed(self, request: GenerateRequest) -> None:
+        """A request naming an adapter this replica refused gets that reason, not some other output."""
+        names = [d.name for d in request.guidance.doctors if d.beta != 0.0]
+        failed = [n for n in names if n in self.failures and n not in self.doctors]
+        if failed:
+            raise EngineDeadError(f"replica {self.replica_id} could not load doctor '{failed[0]}': "
+                                  f"{self.failures[failed[0]]}")
 
     async def _entry(self, model_id: str):
         name = model_id.rpartition("@")[0]
@@ -139,12 +171,14 @@ class EngineReplica:
             if name in self.doctors:
                 continue
             try:
-                info = await self.engine.load_adapter(name, entry.path, "doctor")
+                info = await self._load_checked(name, entry.path, "doctor")
                 self.doctors[name] = entry.generation
                 infos[name] = asdict(info)
-            except Exception as exc:  # reported to the gateway, which refuses the load
-                failures[name] = getattr(exc, "message", None) or str(exc)
+            except Exception:  # reported to the gateway, which refuses the load, and in every heartbeat
+                failures[name] = self.failures[name]
         patients = {e.model_id for e in snapshot.adapters.values() if e.kind == "patient"}
+        for name in set(self.failures) - set(wanted) - patients:  # forget refusals of adapters now gone
+            del self.failures[name]
         for adapter in self.engine.adapters():
             if adapter.kind == "patient" and adapter.name not in patients:
                 await self.unload_quietly(adapter.name)
@@ -157,7 +191,8 @@ class EngineReplica:
             await self.registry.heartbeat.remote(self.replica_id, {
                 "healthy": self.engine.healthy, "pid": os.getpid(), "running": stats.running,
                 "waiting": stats.waiting, "steps": stats.steps, "generated_tokens": stats.generated_tokens,
-                "adapters": sorted(a.name for a in self.engine.adapters())})
+                "adapters": sorted(a.name for a in self.engine.adapters()),
+                "adapter_failures": dict(self.failures)})
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
 

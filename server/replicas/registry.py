@@ -74,6 +74,13 @@ class AdapterRegistry:
         self.adapters.pop(name, None)
         return await self._bump()
 
+    async def unload(self, name: str) -> int:
+        """Remove a committed adapter. Raises KeyError if there is none of that name, ValueError while
+        its load is still in progress (that load's own failure path removes it, or it commits)."""
+        if not self.adapters[name].committed:
+            raise ValueError(name)
+        return await self.remove(name)
+
     def commit(self, name: str, info: dict[str, Any] | None) -> None:
         entry = self.adapters[name]
         entry.committed = True

@@ -151,7 +151,16 @@ class ReplicatedEngine:
             await self._refresh()
         if name not in self._snapshot.adapters:
             raise NotFoundError(f"no adapter named '{name}' is loaded", "name")
-        version = await self._registry.remove.remote(name)
+        try:
+            version = await self._registry.unload.remote(name)
+        except Exception as exc:
+            cause = _cause(exc)
+            if isinstance(cause, KeyError):
+                raise NotFoundError(f"no adapter named '{name}' is loaded", "name") from None
+            if isinstance(cause, ValueError):
+                raise ConflictError(f"adapter '{name}' is being loaded right now; retry when that finishes",
+                                    "name") from None
+            raise
         await self._refresh()  # new requests cannot name it from here on
         await self._wait_for_replicas(version, None)  # each replica unloads it once its requests end
 

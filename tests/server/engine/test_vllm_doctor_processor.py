@@ -11,6 +11,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from llmdoctor.server.adapter_folders import read_folder_for_engine
 from llmdoctor.server.engine.decode_rule import combine_logprobs
 from llmdoctor.server.engine.protocol import DoctorWeight, Guidance
 from llmdoctor.server.engine.vllm_guidance import guidance_extra_args
@@ -27,7 +28,8 @@ GUIDED = Guidance(alpha=0.9, doctors=(DoctorWeight("cheerful", 1.5),))
 def host(embedded_model, doctor_adapter_dir):
     """This process's doctor host, as vLLM's worker would hold it."""
     host = vllm_doctor_processor.DoctorHost(str(embedded_model.folder), torch.float32, torch.device("cpu"), 49152)
-    host.load("cheerful", str(doctor_adapter_dir))
+    checked = read_folder_for_engine(doctor_adapter_dir, "doctor", 64, embedded_model.folder)
+    host.load("cheerful", checked.config, checked.weights)
     saved, vllm_doctor_processor._HOST = vllm_doctor_processor._HOST, host
     yield host
     vllm_doctor_processor._HOST = saved
@@ -118,15 +120,58 @@ def test_validate_params_names_the_bad_field(extra_args, field):
         vllm_doctor_processor.DoctorLogitsProcessor.validate_params(vllm.SamplingParams(extra_args=extra_args))
 
 
-def test_a_failing_doctor_step_leaves_the_batch_unguided_for_that_step_and_recovers(processor, reference_doctor,
-                                                                                   caplog):
-    """A doctor the worker does not hold (the API and the worker out of step) must not kill vLLM's engine."""
+def _expected_rows(reference_doctor, logits, batch):
+    """The rule computed from scratch for each guided request of `batch` (index -> Request), on `logits`."""
+    expected = logits.clone()
+    for i, request in batch.items():
+        with torch.no_grad():
+            doctor = reference_doctor(torch.tensor([request.prompt + request.output])).logits[0, -1]
+        betas = torch.tensor([d.beta for d in request.guidance.active])
+        expected[i] = combine_logprobs(torch.log_softmax(logits[i], -1), torch.log_softmax(doctor, -1)[None],
+                                       request.guidance.alpha, betas)
+    return expected
+
+
+def _assert_ended(row):
+    """A blamed row is forced to EOS (id 2 in the embedded model): every other token impossible."""
+    assert row[2] == 0.0 and torch.isinf(row[torch.arange(row.shape[0]) != 2]).all()
+
+
+def test_a_doctor_forward_failing_for_one_request_ends_only_that_row(processor, reference_doctor, caplog):
+    """A doctor the worker does not hold (the API and the worker out of step) fails that request's rows only:
+    it is forced to EOS; the guided and the plain request beside it get exactly what they get without it."""
     ghost = Request([1, 504, 3458], Guidance(doctors=(DoctorWeight("ghost", 1.0),)))
-    processor.update_state(BatchUpdate(1, removed=[], added=[ghost.added(0)], moved=[]))
-    logits = torch.randn(1, 49152)
-    before = logits.clone()
-    assert torch.equal(processor.apply(logits), before)
-    assert "doctor step failed" in caplog.text
-    good = Request([1, 7042, 30], GUIDED)  # the ghost leaves; a good request joins and is guided again
-    processor.update_state(BatchUpdate(1, removed=[], added=[good.added(0)], moved=[]))
-    check_step(processor, reference_doctor, {0: good})
+    good, plain = Request([1, 7042, 30], GUIDED), Request([1, 19, 4473], Guidance())
+    processor.update_state(BatchUpdate(3, removed=[], added=[ghost.added(0), good.added(1), plain.added(2)], moved=[]))
+    for _ in range(2):  # the blamed row stays ended; the others carry on, step after step
+        logits = torch.randn(3, 49152)
+        expected = _expected_rows(reference_doctor, logits, {1: good})
+        out = processor.apply(logits)
+        _assert_ended(out[0])
+        torch.testing.assert_close(out[1:], expected[1:], atol=2e-4, rtol=1e-4)
+        for request in (ghost, good, plain):
+            request.output.append(int(torch.randint(100, 49000, ())))
+    assert "failed again for batch row 0 alone" in caplog.text
+
+
+def test_non_finite_patient_logits_end_only_that_row(processor, reference_doctor):
+    a, b = Request([1, 504, 3458, 282], GUIDED), Request([1, 2683, 17], GUIDED)
+    processor.update_state(BatchUpdate(2, removed=[], added=[a.added(0), b.added(1)], moved=[]))
+    logits = torch.randn(2, 49152)
+    logits[0, 5] = float("nan")
+    expected = _expected_rows(reference_doctor, logits, {1: b})
+    out = processor.apply(logits)
+    _assert_ended(out[0])
+    torch.testing.assert_close(out[1], expected[1], atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("guidance, field", [
+    ({"alpha": -1.0}, "guidance.alpha"),
+    ({"alpha": 0.0}, "guidance.alpha"),
+    ({"doctors": [["cheerful", 1e30]]}, r"guidance.doctors\[0\].beta"),
+    ({"doctors": [["cheerful", 1e-300]]}, r"guidance.doctors\[0\].beta"),
+])
+def test_validate_params_refuses_out_of_range_weights(guidance, field):
+    params = vllm.SamplingParams(extra_args={"llmdoctor": guidance})
+    with pytest.raises(ValueError, match=field):
+        vllm_doctor_processor.DoctorLogitsProcessor.validate_params(params)

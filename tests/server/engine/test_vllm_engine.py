@@ -152,9 +152,9 @@ async def test_bad_requests_and_adapters_are_refused_and_the_engine_keeps_servin
     with pytest.raises(InvalidRequestError):
         await _collect(vllm_engine, GenerateRequest("oov", (vllm_engine.vocab_size + 1,), SamplingParams(max_tokens=2)))
     # an adapter above the engine's LoRA rank cap (vLLM sizes its LoRA buffers by it at start)
-    from llmdoctor.server.engine.adapter_table import adapter_facts
+    import json
 
-    rank = adapter_facts(second_doctor_adapter_dir)[0]
+    rank = json.loads((second_doctor_adapter_dir / "adapter_config.json").read_text())["r"]
     vllm_engine.max_lora_rank, saved = rank - 1, vllm_engine.max_lora_rank
     try:
         with pytest.raises(AdapterError, match="rank"):
@@ -182,3 +182,77 @@ async def test_stats_count_what_vllm_scheduled(vllm_engine, tokenizer):
     await _collect(vllm_engine, _request(tokenizer, PROMPTS[0], max_tokens=5, ignore_eos=True))
     after = vllm_engine.stats()
     assert after.generated_tokens - before.generated_tokens >= 5 and after.steps > before.steps
+
+
+@pytest.mark.parametrize("name", ["tiny_temperature", "tiny_top_p", "largest_weights", "zero_alpha_negative_beta"])
+async def test_accepted_extreme_request_leaves_others_unchanged(vllm_engine, tokenizer, name):
+    """Requests are isolated inside vLLM's batch too (the doctor processor; issue 15.1)."""
+    from tests.server.engine.test_request_isolation import ACCEPTED_EXTREMES, ODD_PROMPT, check_isolated
+
+    guidance, sampling = ACCEPTED_EXTREMES[name]
+    odd_last = await check_isolated(vllm_engine, tokenizer, _request(tokenizer, ODD_PROMPT, guidance, **sampling))
+    assert odd_last.error is None and odd_last.finish_reason in ("stop", "length")
+
+
+# ---- adapter loads are transactions (issue 15.2, 15.3) ----------------------------------------------
+
+
+async def _observable(vllm_engine, tokenizer):
+    """The adapter list and greedy tokens: plain, through the patient adapter, guided by a doctor."""
+    listed = sorted((a.name, a.kind) for a in vllm_engine.adapters())
+    requests = [_request(tokenizer, PROMPTS[0]), _request(tokenizer, PROMPTS[0], adapter="pat"),
+                _request(tokenizer, PROMPTS[0], CHEERFUL)]
+    return listed, [(await _collect(vllm_engine, r))[0] for r in requests]
+
+
+@pytest.mark.parametrize("kind", ["patient", "doctor"])
+async def test_refused_folder_leaves_vllm_serving_identical_greedy_output(vllm_engine, tokenizer, tmp_path, kind,
+                                                                         patient_adapter_dir, doctor_adapter_dir,
+                                                                         adapter_root):
+    import json
+    import shutil
+
+    before = await _observable(vllm_engine, tokenizer)
+    folder = adapter_root / f"vllm-dora-{kind}"
+    shutil.copytree(patient_adapter_dir if kind == "patient" else doctor_adapter_dir, folder, dirs_exist_ok=True)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    with pytest.raises(AdapterError) as err:
+        await vllm_engine.load_adapter("dora", str(folder), kind)
+    assert err.value.param == "use_dora"
+    assert await _observable(vllm_engine, tokenizer) == before and vllm_engine.healthy
+
+
+async def test_vllm_unload_every_adapter_then_load_a_new_name_serves(vllm_engine, tokenizer, doctor_adapter_dir,
+                                                                    second_doctor_adapter_dir, patient_adapter_dir):
+    _, (plain, patient, guided) = await _observable(vllm_engine, tokenizer)
+    folders = {"cheerful": doctor_adapter_dir, "terse": second_doctor_adapter_dir, "pat": patient_adapter_dir}
+    kinds = {a.name: a.kind for a in vllm_engine.adapters()}
+    try:
+        for name in kinds:
+            await vllm_engine.unload_adapter(name)
+        assert vllm_engine.adapters() == []
+        assert (await _collect(vllm_engine, _request(tokenizer, PROMPTS[0])))[0] == plain
+        await vllm_engine.load_adapter("pirate.v2", str(patient_adapter_dir), "patient")
+        await vllm_engine.load_adapter("cheerful.v2", str(doctor_adapter_dir), "doctor")
+        assert (await _collect(vllm_engine, _request(tokenizer, PROMPTS[0], adapter="pirate.v2")))[0] == patient
+        again = _request(tokenizer, PROMPTS[0], Guidance(doctors=(DoctorWeight("cheerful.v2", 1.5),)))
+        assert (await _collect(vllm_engine, again))[0] == guided
+        assert (await _collect(vllm_engine, _request(tokenizer, PROMPTS[0])))[0] == plain
+    finally:  # the module's engine again as the other tests expect it
+        for name in ("pirate.v2", "cheerful.v2"):
+            if name in [a.name for a in vllm_engine.adapters()]:
+                await vllm_engine.unload_adapter(name)
+        for name, kind in kinds.items():
+            if name not in [a.name for a in vllm_engine.adapters()]:
+                await vllm_engine.load_adapter(name, str(folders[name]), kind)
+
+
+async def test_vllm_concurrent_loads_of_one_name_one_wins(vllm_engine, doctor_adapter_dir):
+    from llmdoctor.server.errors import ConflictError
+
+    results = await asyncio.gather(*(vllm_engine.load_adapter("same", str(doctor_adapter_dir), "doctor")
+                                     for _ in range(3)), return_exceptions=True)
+    assert sum(not isinstance(r, Exception) for r in results) == 1
+    assert all(isinstance(r, ConflictError) for r in results if isinstance(r, Exception))
+    await vllm_engine.unload_adapter("same")

@@ -80,7 +80,7 @@ def _read(file: Path, path: str, limit: int) -> bytes:
         with open(file, "rb") as f:
             data = f.read(limit + 1)
     except OSError as e:
-        raise AdapterError(f"adapter {path!r}: cannot read {file.name}: {e}", "path") from e
+        raise AdapterError(f"adapter {path!r}: cannot read {file.name}: {e.strerror or type(e).__name__}", "path") from e
     if len(data) > limit:
         raise AdapterError(f"adapter {path!r}: {file.name} is larger than {limit} bytes", "path")
     return data

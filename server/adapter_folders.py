@@ -140,7 +140,8 @@ def read_folder_for_engine(path: str | Path, kind: str, max_rank: int, model_fol
     engine checks what it can serve. `path` was resolved by whoever chose it, so its parent is the root."""
     folder = Path(path).expanduser().resolve()
     shapes = linear_shapes(model_folder) or None  # None: a model without safetensors; no shape check then
-    return read_adapter(str(folder), [folder.parent], kind, None, max_rank, shapes)
+    # The folder's own name, relative to its parent as the root: messages never show the server's paths.
+    return read_adapter(folder.name, [folder.parent], kind, None, max_rank, shapes)
 
 
 def resolve_adapter_path(path: str, roots: Sequence[Path]) -> Path:
@@ -158,15 +159,16 @@ def resolve_adapter_path(path: str, roots: Sequence[Path]) -> Path:
     candidates = [given] if given.is_absolute() else [root / given for root in real_roots]
     # resolve() follows every symlink and '..' that exists; checking the result, not the text,
     # is what stops both '../' traversal and symlinks that point out of a root.
-    inside = [real for real in map(_resolve, candidates) if _is_inside(real, real_roots)]
+    inside = [real for real in (_resolve(c, path) for c in candidates) if _is_inside(real, real_roots)]
     if not inside:
+        # The roots are the server's business: a client learns only that its path is not under one.
         raise ForbiddenError(
-            f"path {path!r} is outside the adapter roots {[str(r) for r in real_roots]}; "
-            "only folders under an --adapter-root may be loaded",
+            f"path {path!r} is outside the adapter roots; only folders under an --adapter-root may be loaded "
+            "(a relative path is taken relative to each root)",
             "path",
         )
     for real in inside:
-        if real.exists():
+        if _exists(real, path):
             if not real.is_dir():
                 raise AdapterError(f"path {path!r} is a file; expected an adapter folder", "path")
             return real
@@ -232,11 +234,27 @@ def _real_roots(roots: Sequence[Path]) -> list[Path]:
     return [Path(root).expanduser().resolve() for root in roots]
 
 
-def _resolve(path: Path) -> Path:
+def _resolve(path: Path, given: str | None = None) -> Path:
+    """`path` resolved; an AdapterError quoting `given` (the client's own text), never the root it was joined to."""
     try:
         return path.resolve()
     except (OSError, ValueError, RuntimeError) as e:  # NUL bytes, name too long, symlink loops
-        raise AdapterError(f"path {str(path)!r} cannot be resolved: {e}", "path") from e
+        shown = given if given is not None else path.name
+        raise AdapterError(f"path {shown!r} cannot be resolved: {os_reason(e)}", "path") from e
+
+
+def _exists(real: Path, given: str) -> bool:
+    try:
+        return real.exists()
+    except OSError as e:  # ENAMETOOLONG and the like: Path.exists raises them on Python 3.11
+        raise AdapterError(f"path {given!r} cannot be used: {os_reason(e)}", "path") from e
+
+
+def os_reason(error: BaseException) -> str:
+    """What went wrong, without the absolute path an OSError's text carries (it would show the root)."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error)
 
 
 def _is_inside(real: Path, real_roots: list[Path]) -> bool:
@@ -248,7 +266,7 @@ def _check_files(folder: Path, path: str, real_roots: list[Path]) -> None:
     try:
         entries = sorted(folder.iterdir())
     except OSError as e:  # e.g. no read permission for the server's user
-        raise AdapterError(f"adapter {path!r}: cannot list the folder: {e}", "path") from e
+        raise AdapterError(f"adapter {path!r}: cannot list the folder: {os_reason(e)}", "path") from e
     names = [entry.name for entry in entries]
     if "config.json" in names and not (folder / WEIGHTS_FILE).is_file():
         raise AdapterError(
@@ -288,7 +306,7 @@ def _read_json(file: Path, path: str) -> dict:
             raise AdapterError(f"adapter {path!r}: {file.name} is larger than {MAX_JSON_BYTES} bytes", "path")
         data = file.read_bytes()
     except OSError as e:
-        raise AdapterError(f"adapter {path!r}: cannot read {file.name}: {e}", "path") from e
+        raise AdapterError(f"adapter {path!r}: cannot read {file.name}: {os_reason(e)}", "path") from e
     return _parse_json(data, file.name, path)
 
 

@@ -17,6 +17,8 @@ class ReplicaHealth(BaseModel):
     running: int = 0
     waiting: int = 0
     adapters: list[str] = []
+    # doctor -> why this replica refused to load it (its own folder check); requests naming it get a 503 there
+    adapter_failures: dict[str, str] = {}
 
 
 class HealthStatus(BaseModel):

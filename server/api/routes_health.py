@@ -39,7 +39,8 @@ def replica_health(engine) -> list[ReplicaHealth] | None:
         return None
     return [ReplicaHealth(replica=r["replica"], healthy=r.get("healthy", False), pid=r.get("pid"),
                           seconds_since_report=r.get("age"),
-                          running=r.get("running", 0), waiting=r.get("waiting", 0), adapters=r.get("adapters", []))
+                          running=r.get("running", 0), waiting=r.get("waiting", 0), adapters=r.get("adapters", []),
+                          adapter_failures=r.get("adapter_failures", {}))
             for r in engine.replicas()]
 
 

@@ -165,6 +165,8 @@ class VllmEngine:
                 await self._on_engine_loop(self._llm.abort(list(self._inflight)))
             await asyncio.to_thread(self._llm.shutdown)
             self._llm = None
+        for lora in self._loras.values():  # the private staging copies (stage_adapter) go with the engine
+            shutil.rmtree(lora.lora_path, ignore_errors=True)
         self._stop_loop()
 
     def _stop_loop(self) -> None:

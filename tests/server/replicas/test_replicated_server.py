@@ -4,6 +4,7 @@ model, on a local Ray the server starts itself. One server for the module (~1-2 
 import concurrent.futures
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -160,6 +161,29 @@ def test_bad_requests_get_the_same_errors_as_in_process(replicated):
     assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "guidance.doctors[0].name"
     too_long = _chat(replicated, "Hi " * 3000)
     assert too_long.status_code == 400 and "context" in too_long.json()["error"]["message"]
+
+
+def test_a_folder_only_the_replicas_checks_refuse_is_a_400_and_changes_nothing(replicated, adapter_root,
+                                                                               doctor_adapter_dir):
+    # The gateway checks names and options; shapes against the model's layers are each replica's own
+    # check (on its own disk, against its own model): the load must come back refused, on every replica.
+    from safetensors.torch import load_file, save_file
+
+    folder = adapter_root / "replicas-bad-shape"
+    shutil.copytree(doctor_adapter_dir, folder, dirs_exist_ok=True)
+    tensors = load_file(folder / "adapter_model.safetensors")
+    q0 = "base_model.model.model.layers.0.self_attn.q_proj"
+    tensors[f"{q0}.lora_A.weight"] = tensors[f"{q0}.lora_A.weight"][:, :500].contiguous()
+    tensors[f"{q0}.lora_B.weight"] = tensors[f"{q0}.lora_B.weight"][:500].contiguous()
+    save_file(tensors, folder / "adapter_model.safetensors")
+    plain_before = _text(_chat(replicated, "Where is Rome?"))
+    adapters_before = httpx.get(f"{replicated.url}/v1/adapters", timeout=10).json()
+    refused = httpx.post(f"{replicated.url}/v1/adapters", timeout=300,
+                         json={"name": "misshapen", "path": folder.name, "kind": "doctor"})
+    assert refused.status_code == 400 and "q_proj" in refused.json()["error"]["message"], refused.text
+    assert httpx.get(f"{replicated.url}/v1/adapters", timeout=10).json() == adapters_before
+    assert _chat(replicated, "Hi", guidance={"doctors": {"misshapen": 1.0}}).status_code == 404
+    assert _text(_chat(replicated, "Where is Rome?")) == plain_before
 
 
 def test_a_killed_replica_loses_no_unstreamed_request_and_comes_back(replicated):

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import Depends, FastAPI
 
@@ -22,7 +23,7 @@ from llmdoctor.server.api import (
     routes_health,
     routes_models,
 )
-from llmdoctor.server.api.auth import ApiKeyMiddleware
+from llmdoctor.server.api.auth import ApiKeyMiddleware, is_protected
 from llmdoctor.server.api.dependencies import Services
 from llmdoctor.server.api.detokenizer import TokenTexts
 from llmdoctor.server.api.engine_factory import build_engine
@@ -73,7 +74,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None, *, starte
     install_error_handlers(app)
     for module in ROUTERS:
         app.include_router(module.router)
-    install_openapi(app)
+    install_openapi(app, protected=partial(is_protected, all_routes=settings.auth_all_routes)
+                    if settings.api_key is not None else None)
     # Middleware added later runs first: request counting, then the key, then the body limit.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.api_key is not None:

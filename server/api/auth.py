@@ -40,14 +40,19 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
     def _protects(self, path: str) -> bool:
-        if self._all_routes:
-            return path not in OPEN_PATHS
-        return path.startswith(PROTECTED_PREFIX)
+        return is_protected(path, self._all_routes)
 
     def _authorized(self, scope: Scope) -> bool:
         header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
         token = bearer_token(header)
         return bool(token) and hmac.compare_digest(token, self._expected)  # constant time: no timing oracle
+
+
+def is_protected(path: str, all_routes: bool) -> bool:
+    """Whether the key guards `path` (also what openapi.json declares as needing it)."""
+    if all_routes:
+        return path not in OPEN_PATHS
+    return path.startswith(PROTECTED_PREFIX)
 
 
 def bearer_token(header: bytes) -> bytes:

@@ -30,14 +30,21 @@ def join_text_parts(value: Any) -> Any:
     return "".join(texts)
 
 
+class TextContentPart(BaseModel):
+    """The one content part served: OpenAI's `{"type": "text", "text": ...}` (declared for openapi.json)."""
+
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(BaseModel):
     model_config = StrictModel
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str
+    content: str = Field(description="a string, or a list of text parts (joined)")
     name: str | None = None
 
-    @field_validator("content", mode="before")
+    @field_validator("content", mode="before", json_schema_input_type=str | list[TextContentPart])
     @classmethod
     def _join_parts(cls, value: Any) -> Any:
         return join_text_parts(value)

@@ -3,6 +3,11 @@
 Every float is finite: Python's json (and so FastAPI) accepts NaN/Infinity literals, and a NaN
 beta or temperature would otherwise reach the decode rule. Ranges (alpha, beta, temperature, top_k)
 are the engine's own (server/engine/protocol.py, README "Guidance"), so openapi.json shows them.
+
+A field that accepts several shapes (`stop`: a string or a list; `doctors`: a list or a mapping) is
+typed as the one shape the code reads, normalised by a `mode="before"` validator whose
+`json_schema_input_type` declares every shape it accepts: openapi.json states what the server serves,
+and errors keep pointing at the normalised field (`guidance.doctors[0].beta`).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import time
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, ValidationInfo, field_validator
+from typing_extensions import TypeAliasType
 
 from llmdoctor.server.engine.protocol import (
     MAX_TEMPERATURE,
@@ -24,8 +30,13 @@ from llmdoctor.server.engine.protocol import (
 
 MAX_LOGPROBS = 20  # the engine's limit (SamplingParams.logprobs)
 MAX_N = 64  # choices per prompt; each is an engine request
+MAX_STOPS = 16  # stop strings per request
 
 StrictModel = ConfigDict(extra="forbid")
+
+StopString = Annotated[str, Field(min_length=1)]
+StopList = Annotated[list[StopString], Field(max_length=MAX_STOPS)]
+StopInput = TypeAliasType("StopInput", StopString | StopList | None)  # named: one schema in openapi.json
 
 
 def _zero_or_not_tiny(value: float) -> float:
@@ -35,18 +46,27 @@ def _zero_or_not_tiny(value: float) -> float:
     return value
 
 
-RuleWeight = Annotated[FiniteFloat, AfterValidator(_zero_or_not_tiny)]
+def rule_weight(lowest: float) -> object:
+    """A finite weight in [lowest, MAX_WEIGHT], 0 or not tiny. The bounds come before the validator:
+    in an alias (Beta is also the value of the `doctors` mapping), bounds after it reach openapi.json
+    as `ge`/`le`, which are not JSON Schema, instead of `minimum`/`maximum`."""
+    return Annotated[FiniteFloat, Field(ge=lowest, le=MAX_WEIGHT), AfterValidator(_zero_or_not_tiny)]
+
+
+DoctorName = Annotated[str, Field(min_length=1)]
+Beta = Annotated[
+    rule_weight(-MAX_WEIGHT),
+    Field(description=f"the doctor's weight: 0 = off; otherwise {MIN_WEIGHT:g} <= |beta| <= {MAX_WEIGHT:g}; "
+                      "negative steers away from what the doctor prefers"),
+]
+Alpha = rule_weight(0.0)
 
 
 class DoctorWeightSchema(BaseModel):
     model_config = StrictModel
 
-    name: str = Field(min_length=1)
-    beta: RuleWeight = Field(
-        ge=-MAX_WEIGHT, le=MAX_WEIGHT,
-        description=f"the doctor's weight: 0 = off; otherwise {MIN_WEIGHT:g} <= |beta| <= {MAX_WEIGHT:g}; "
-                    "negative steers away from what the doctor prefers",
-    )
+    name: DoctorName
+    beta: Beta
 
 
 class GuidanceSchema(BaseModel):
@@ -57,14 +77,14 @@ class GuidanceSchema(BaseModel):
 
     model_config = StrictModel
 
-    alpha: RuleWeight = Field(
-        1.0, ge=0, le=MAX_WEIGHT,
+    alpha: Alpha = Field(
+        1.0,
         description=f"the patient's weight: 0, or in [{MIN_WEIGHT:g}, {MAX_WEIGHT:g}]; 0 needs a doctor with a "
                     "non-zero beta",
     )
     doctors: list[DoctorWeightSchema] = Field(default_factory=list)
 
-    @field_validator("doctors", mode="before")
+    @field_validator("doctors", mode="before", json_schema_input_type=list[DoctorWeightSchema] | dict[DoctorName, Beta])
     @classmethod
     def _mapping_to_list(cls, value: object) -> object:
         if isinstance(value, dict):
@@ -96,7 +116,7 @@ class SamplingFields(BaseModel):
                                description="nucleus mass in (0, 1]; the most likely token always stays")
     top_k: int = Field(0, ge=-1, le=MAX_TOP_K, description="0 or -1 = off; a value >= the vocabulary size is off too")
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)
-    stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=16)
+    stop: StopList = Field(default_factory=list)
     stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
     ignore_eos: bool = False
     stream: bool = False
@@ -108,7 +128,7 @@ class SamplingFields(BaseModel):
     logit_bias: dict[str, float] | None = None
     user: str | None = None
 
-    @field_validator("stop", mode="before")
+    @field_validator("stop", mode="before", json_schema_input_type=StopInput)
     @classmethod
     def _one_stop_to_list(cls, value: object) -> object:
         if value is None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from typing_extensions import TypeAliasType
 
 from llmdoctor.server.api.protocol_common import (
     MAX_LOGPROBS,
@@ -16,6 +17,14 @@ from llmdoctor.server.api.protocol_common import (
 from llmdoctor.server.engine.protocol import SamplingParams
 
 PROMPT_SHAPES = "a string, a list of strings, a list of token ids or a list of token-id lists"
+TokenId = Annotated[int, Field(ge=0)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+# What a request may send (OpenAI's four shapes, lists non-empty): declared in openapi.json;
+# `normalise_prompt` is the check, and turns it into one list of prompts.
+PromptInput = TypeAliasType(
+    "PromptInput",
+    str | Annotated[list[str], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)],
+)
 
 
 def normalise_prompt(value: Any) -> list[str] | list[list[int]]:
@@ -37,14 +46,14 @@ def _is_token_id(value: Any) -> bool:
 
 
 class CompletionRequest(SamplingFields):
-    prompt: list[str] | list[list[int]]
+    prompt: list[str] | list[list[int]] = Field(description=f"{PROMPT_SHAPES}; lists non-empty")
     max_tokens: int = Field(16, ge=1)  # OpenAI's default for completions
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
 
-    @field_validator("prompt", mode="before")
+    @field_validator("prompt", mode="before", json_schema_input_type=PromptInput)
     @classmethod
     def _normalise_prompt(cls, value: Any) -> Any:
         return normalise_prompt(value)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
+from typing_extensions import TypeAliasType
 
 
 class AdapterCard(BaseModel):
@@ -35,10 +36,6 @@ class Seed(RootModel[int]):
     root: Annotated[int, Field(ge=-9223372036854776000, lt=18446744073709552000, title="Seed")]
 
 
-class StopItem(RootModel[str]):
-    root: Annotated[str, Field(min_length=1)]
-
-
 class StopTokenId(RootModel[int]):
     root: Annotated[int, Field(ge=0)]
 
@@ -53,15 +50,6 @@ class MaxCompletionTokens(RootModel[int]):
 
 class TopLogprobs(RootModel[int]):
     root: Annotated[int, Field(ge=0, le=20, title="Top Logprobs")]
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-    )
-    role: Annotated[Literal["system", "developer", "user", "assistant"], Field(title="Role")]
-    content: Annotated[str, Field(title="Content")]
-    name: Annotated[str | None, Field(title="Name")] = None
 
 
 class ChatMessageOut(BaseModel):
@@ -117,6 +105,19 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
+DoctorsAdditionalProperty = TypeAliasType(
+    "DoctorsAdditionalProperty",
+    Annotated[
+        float,
+        Field(
+            description="the doctor's weight: 0 = off; otherwise 1e-06 <= |beta| <= 100; negative steers away from what the doctor prefers",
+            ge=-100.0,
+            le=100.0,
+        ),
+    ],
+)
+
+
 class GuidanceSchema(BaseModel):
     """
     The extension field: `{"alpha": 1.0, "doctors": [{"name": "helpful", "beta": 0.8}]}`.
@@ -136,14 +137,26 @@ class GuidanceSchema(BaseModel):
             title="Alpha",
         ),
     ] = 1.0
-    doctors: Annotated[list[DoctorWeightSchema] | None, Field(title="Doctors")] = None
+    doctors: Annotated[
+        list[DoctorWeightSchema] | dict[Annotated[str, StringConstraints(min_length=1)], DoctorsAdditionalProperty] | None,
+        Field(title="Doctors"),
+    ] = None
 
 
 class LoadAdapterRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
     )
-    name: Annotated[str, Field(description="1-64 letters, digits, '.', '_' or '-'", title="Name")]
+    name: Annotated[
+        str,
+        Field(
+            description="1-64 letters, digits, '.', '_' or '-'; not only dots, not starting with '__'",
+            max_length=64,
+            min_length=1,
+            pattern="^(?:[A-Za-z0-9-][A-Za-z0-9._-]*|_(?:[A-Za-z0-9.-][A-Za-z0-9._-]*)?|\\.+[A-Za-z0-9_-][A-Za-z0-9._-]*)$",
+            title="Name",
+        ),
+    ]
     path: Annotated[
         str, Field(description="adapter folder on the server, under an --adapter-root", min_length=1, title="Path")
     ]
@@ -165,6 +178,30 @@ class ModelList(BaseModel):
     data: Annotated[list[ModelCard], Field(title="Data")]
 
 
+class PromptInput1(RootModel[list[str]]):
+    root: Annotated[list[str], Field(min_length=1)]
+
+
+class PromptInput2Item(RootModel[int]):
+    root: Annotated[int, Field(ge=0)]
+
+
+class PromptInput2(RootModel[list[PromptInput2Item]]):
+    root: Annotated[list[PromptInput2Item], Field(min_length=1)]
+
+
+class PromptInput3ItemItem(RootModel[int]):
+    root: Annotated[int, Field(ge=0)]
+
+
+class PromptInput3Item(RootModel[list[PromptInput3ItemItem]]):
+    root: Annotated[list[PromptInput3ItemItem], Field(min_length=1)]
+
+
+class PromptInput3(RootModel[list[PromptInput3Item]]):
+    root: Annotated[list[PromptInput3Item], Field(min_length=1)]
+
+
 class ReplicaHealth(BaseModel):
     """
     One engine replica of `serve --replicas N`, as it last reported itself.
@@ -177,6 +214,7 @@ class ReplicaHealth(BaseModel):
     running: Annotated[int | None, Field(title="Running")] = 0
     waiting: Annotated[int | None, Field(title="Waiting")] = 0
     adapters: Annotated[list[str] | None, Field(title="Adapters")] = []
+    adapter_failures: Annotated[dict[str, str] | None, Field(title="Adapter Failures")] = {}
 
 
 class ResponseFormat(BaseModel):
@@ -186,11 +224,32 @@ class ResponseFormat(BaseModel):
     type: Annotated[Literal["text"], Field(title="Type")]
 
 
+class StopInput1(RootModel[str]):
+    root: Annotated[str, Field(min_length=1)]
+
+
+class StopInput2Item(RootModel[str]):
+    root: Annotated[str, Field(min_length=1)]
+
+
+class StopInput2(RootModel[list[StopInput2Item]]):
+    root: Annotated[list[StopInput2Item], Field(max_length=16)]
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
     )
     include_usage: Annotated[bool | None, Field(title="Include Usage")] = False
+
+
+class TextContentPart(BaseModel):
+    """
+    The one content part served: OpenAI's `{"type": "text", "text": ...}` (declared for openapi.json).
+    """
+
+    type: Annotated[Literal["text"], Field(title="Type")]
+    text: Annotated[str, Field(title="Text")]
 
 
 class TopLogprob(BaseModel):
@@ -214,50 +273,15 @@ class DeltaMessage(BaseModel):
     content: Annotated[str | None, Field(title="Content")] = None
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatMessage(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
     )
-    model: Annotated[str | None, Field(title="Model")] = None
-    n: Annotated[int | None, Field(ge=1, le=64, title="N")] = 1
-    temperature: Annotated[
-        float | None,
-        Field(
-            description="0 = greedy; values in (0, 0.01) are raised to 0.01, as vLLM does",
-            ge=0.0,
-            le=2.0,
-            title="Temperature",
-        ),
-    ] = 1.0
-    top_p: Annotated[
-        float | None,
-        Field(description="nucleus mass in (0, 1]; the most likely token always stays", gt=0.0, le=1.0, title="Top P"),
-    ] = 1.0
-    top_k: Annotated[
-        int | None,
-        Field(
-            description="0 or -1 = off; a value >= the vocabulary size is off too", ge=-1, le=2147483647, title="Top K"
-        ),
-    ] = 0
-    seed: Annotated[Seed | None, Field(title="Seed")] = None
-    stop: Annotated[list[StopItem] | None, Field(max_length=16, title="Stop")] = None
-    stop_token_ids: Annotated[list[StopTokenId] | None, Field(title="Stop Token Ids")] = None
-    ignore_eos: Annotated[bool | None, Field(title="Ignore Eos")] = False
-    stream: Annotated[bool | None, Field(title="Stream")] = False
-    stream_options: StreamOptions | None = None
-    guidance: GuidanceSchema | None = None
-    frequency_penalty: Annotated[float | None, Field(title="Frequency Penalty")] = 0.0
-    presence_penalty: Annotated[float | None, Field(title="Presence Penalty")] = 0.0
-    logit_bias: Annotated[dict[str, float] | None, Field(title="Logit Bias")] = None
-    user: Annotated[str | None, Field(title="User")] = None
-    messages: Annotated[list[ChatMessage], Field(min_length=1, title="Messages")]
-    max_tokens: Annotated[MaxTokens | None, Field(title="Max Tokens")] = None
-    max_completion_tokens: Annotated[MaxCompletionTokens | None, Field(title="Max Completion Tokens")] = None
-    logprobs: Annotated[bool | None, Field(title="Logprobs")] = False
-    top_logprobs: Annotated[TopLogprobs | None, Field(title="Top Logprobs")] = None
-    add_generation_prompt: Annotated[bool | None, Field(title="Add Generation Prompt")] = True
-    continue_final_message: Annotated[bool | None, Field(title="Continue Final Message")] = False
-    response_format: ResponseFormat | None = None
+    role: Annotated[Literal["system", "developer", "user", "assistant"], Field(title="Role")]
+    content: Annotated[
+        str | list[TextContentPart], Field(description="a string, or a list of text parts (joined)", title="Content")
+    ]
+    name: Annotated[str | None, Field(title="Name")] = None
 
 
 class CompletionChoice(BaseModel):
@@ -293,7 +317,7 @@ class CompletionRequest(BaseModel):
         ),
     ] = 0
     seed: Annotated[Seed | None, Field(title="Seed")] = None
-    stop: Annotated[list[StopItem] | None, Field(max_length=16, title="Stop")] = None
+    stop: Annotated[StopInput1 | StopInput2 | None, Field(title="Stop")] = None
     stop_token_ids: Annotated[list[StopTokenId] | None, Field(title="Stop Token Ids")] = None
     ignore_eos: Annotated[bool | None, Field(title="Ignore Eos")] = False
     stream: Annotated[bool | None, Field(title="Stream")] = False
@@ -303,7 +327,13 @@ class CompletionRequest(BaseModel):
     presence_penalty: Annotated[float | None, Field(title="Presence Penalty")] = 0.0
     logit_bias: Annotated[dict[str, float] | None, Field(title="Logit Bias")] = None
     user: Annotated[str | None, Field(title="User")] = None
-    prompt: Annotated[list[str] | list[list[int]], Field(title="Prompt")]
+    prompt: Annotated[
+        str | PromptInput1 | PromptInput2 | PromptInput3,
+        Field(
+            description="a string, a list of strings, a list of token ids or a list of token-id lists; lists non-empty",
+            title="Prompt",
+        ),
+    ]
     max_tokens: Annotated[int | None, Field(ge=1, title="Max Tokens")] = 16
     logprobs: Annotated[Logprobs | None, Field(title="Logprobs")] = None
     echo: Annotated[bool | None, Field(title="Echo")] = False
@@ -349,6 +379,52 @@ class CompletionStreamResponse(BaseModel):
     model: Annotated[str, Field(title="Model")]
     choices: Annotated[list[CompletionChoice], Field(title="Choices")]
     usage: UsageInfo | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    model: Annotated[str | None, Field(title="Model")] = None
+    n: Annotated[int | None, Field(ge=1, le=64, title="N")] = 1
+    temperature: Annotated[
+        float | None,
+        Field(
+            description="0 = greedy; values in (0, 0.01) are raised to 0.01, as vLLM does",
+            ge=0.0,
+            le=2.0,
+            title="Temperature",
+        ),
+    ] = 1.0
+    top_p: Annotated[
+        float | None,
+        Field(description="nucleus mass in (0, 1]; the most likely token always stays", gt=0.0, le=1.0, title="Top P"),
+    ] = 1.0
+    top_k: Annotated[
+        int | None,
+        Field(
+            description="0 or -1 = off; a value >= the vocabulary size is off too", ge=-1, le=2147483647, title="Top K"
+        ),
+    ] = 0
+    seed: Annotated[Seed | None, Field(title="Seed")] = None
+    stop: Annotated[StopInput1 | StopInput2 | None, Field(title="Stop")] = None
+    stop_token_ids: Annotated[list[StopTokenId] | None, Field(title="Stop Token Ids")] = None
+    ignore_eos: Annotated[bool | None, Field(title="Ignore Eos")] = False
+    stream: Annotated[bool | None, Field(title="Stream")] = False
+    stream_options: StreamOptions | None = None
+    guidance: GuidanceSchema | None = None
+    frequency_penalty: Annotated[float | None, Field(title="Frequency Penalty")] = 0.0
+    presence_penalty: Annotated[float | None, Field(title="Presence Penalty")] = 0.0
+    logit_bias: Annotated[dict[str, float] | None, Field(title="Logit Bias")] = None
+    user: Annotated[str | None, Field(title="User")] = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, title="Messages")]
+    max_tokens: Annotated[MaxTokens | None, Field(title="Max Tokens")] = None
+    max_completion_tokens: Annotated[MaxCompletionTokens | None, Field(title="Max Completion Tokens")] = None
+    logprobs: Annotated[bool | None, Field(title="Logprobs")] = False
+    top_logprobs: Annotated[TopLogprobs | None, Field(title="Top Logprobs")] = None
+    add_generation_prompt: Annotated[bool | None, Field(title="Add Generation Prompt")] = True
+    continue_final_message: Annotated[bool | None, Field(title="Continue Final Message")] = False
+    response_format: ResponseFormat | None = None
 
 
 class ChatLogprobs(BaseModel):

@@ -4,7 +4,9 @@ For a slice of a prompt file, generate with every setting of `eval_settings.plan
 bare patient, each doctor alone at each beta, two doctors on a grid, each patient adapter) through
 one torch engine, then measure per setting: the task scores (the scorers of `data synth`), the KL
 from the patient per generated token (exact, by teacher forcing: `eval_metrics`), distinct-1/2,
-tokens/s. Writes `eval.csv`, `samples.jsonl` and `frontier.png` to `output_dir` and prints a table.
+tokens/s. Writes `eval.csv`, `samples.jsonl` and `frontier.png` to `output_dir` and prints a table;
+with patient adapters, also each doctor against each adapter at the adapter's KL (`eval_compare`:
+`compare.csv` and the printed lines).
 
 Library use (e.g. `llmdoctor recipe`): `run_eval(config) -> EvalResult`, with `config` an
 `EvalConfig` (built in code, or `load_eval_config(path)`). It raises ConfigError for user mistakes.
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmdoctor.training.config import ConfigError
+from llmdoctor.training.eval_compare import PromptTotals
 from llmdoctor.training.eval_config import EvalConfig, check_inputs, load_eval_config
 from llmdoctor.training.eval_report import SettingResult
 from llmdoctor.training.eval_settings import Setting, plan_settings
@@ -54,7 +57,8 @@ class EvalResult:
     csv: Path
     plot: Path
     samples: Path
-    table: str = field(repr=False, default="")
+    compare: Path | None = None  # compare.csv; None without a patient adapter and a doctor sweep
+    table: str = field(repr=False, default="")  # the settings' table, then the comparison lines
 
     def by_name(self) -> dict[str, SettingResult]:
         return {r.setting.name: r for r in self.settings}
@@ -87,9 +91,9 @@ def run_eval(config: EvalConfig, progress: Progress | None = stderr_progress) ->
     # 2) generate every setting with one engine
     generated = asyncio.run(generate_all(config, model, prompts, settings, say))
     # 3) KL by teacher forcing, scores, distinct-n
-    results, samples = measure(config, model.folder, settings, generated, scorers, say)
+    results, samples, totals = measure(config, prompts, model.folder, settings, generated, scorers, say)
     # 4) write
-    return write_outputs(config, results, samples)
+    return write_outputs(config, results, samples, totals)
 
 
 def select_prompts(config: EvalConfig) -> list[str]:
@@ -171,28 +175,30 @@ async def _generate_one(engine, tokenizer, setting: Setting, request_id: str, pr
     return Generation(prompt, sample, ids, tuple(tokens), text)
 
 
-def measure(config: EvalConfig, model_folder: Path, settings: list[Setting], generated: dict, scorers: dict,
-            say: Progress) -> tuple[list[SettingResult], list[dict]]:
+def measure(config: EvalConfig, prompts: list[str], model_folder: Path, settings: list[Setting], generated: dict,
+            scorers: dict, say: Progress) -> tuple[list[SettingResult], list[dict], dict[str, PromptTotals]]:
     """Per setting: teacher-forced KL per token, mean scores, distinct-1/2, speed; plus one sample
-    row per generation."""
+    row per generation and the setting's sums per prompt (for the bootstrap of `eval_compare`)."""
     import torch
 
     from llmdoctor.training.eval_metrics import TeacherForcer, distinct_n
 
     adapters = {**config.doctors, **config.patient_adapters}
     forcer = TeacherForcer(model_folder, adapters, config.device)
-    results, samples = [], []
+    results, samples, per_prompt = [], [], {}
     for setting in settings:
         generations, seconds = generated[setting.name]
-        kl_sum, token_count, totals = 0.0, 0, dict.fromkeys(scorers, 0.0)
+        kl_sum, token_count, totals, rows = 0.0, 0, dict.fromkeys(scorers, 0.0), []
         for gen in generations:
             kl = forcer.kl_per_token(gen.prompt_ids, gen.token_ids, setting.alpha, setting.doctors, setting.adapter)
             kl_sum, token_count = kl_sum + float(kl.sum()), token_count + len(gen.token_ids)
             scores = {name: float(score(gen.prompt, gen.text)) for name, score in scorers.items()}
             totals = {name: totals[name] + value for name, value in scores.items()}
+            rows.append((gen.prompt, float(kl.sum()), len(gen.token_ids), scores))
             samples.append({"setting": setting.name, "prompt": gen.prompt, "sample": gen.sample,
                             "response": gen.text, "tokens": len(gen.token_ids),
                             "kl_per_token": float(kl.mean()) if len(kl) else 0.0, "scores": scores})
+        per_prompt[setting.name] = PromptTotals.collect(prompts, rows)
         n = len(generations)
         texts = [gen.text for gen in generations]
         results.append(SettingResult(
@@ -205,22 +211,26 @@ def measure(config: EvalConfig, model_folder: Path, settings: list[Setting], gen
     del forcer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return results, samples
+    return results, samples, per_prompt
 
 
-def write_outputs(config: EvalConfig, results: list[SettingResult], samples: list[dict]) -> EvalResult:
+def write_outputs(config: EvalConfig, results: list[SettingResult], samples: list[dict],
+                  totals: dict[str, PromptTotals]) -> EvalResult:
+    from llmdoctor.training.eval_compare import compare_at_adapter_kl, format_comparisons, write_comparisons
     from llmdoctor.training.eval_report import format_table, plot_frontier, write_csv, write_samples
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     doctors, adapters = list(config.doctors), list(config.patient_adapters)
+    comparisons = compare_at_adapter_kl(results, totals, doctors)
     return EvalResult(
         settings=results,
         output_dir=out,
         csv=write_csv(out / "eval.csv", results, doctors, adapters),
         plot=plot_frontier(out / "frontier.png", results, doctors),
         samples=write_samples(out / "samples.jsonl", samples),
-        table=format_table(results),
+        compare=write_comparisons(out / "compare.csv", comparisons),
+        table="\n\n".join(filter(None, [format_table(results), format_comparisons(comparisons)])),
     )
 
 
@@ -251,7 +261,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
         print("llmdoctor eval: interrupted; nothing written", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(result.table)
-    print(f"wrote {result.csv}, {result.plot} and {result.samples}")
+    written = [result.csv, result.plot, result.samples, *filter(None, [result.compare])]
+    print(f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]}")
     return 0
 
 

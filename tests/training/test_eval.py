@@ -200,6 +200,13 @@ output_dir: {tmp_path / "out"}
     samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 3 * len(rows) and {s["prompt"] for s in samples} == set(PROMPTS)
     assert "cheerful@3" in captured.out and "generated cheerful@3" in captured.err
+    compared = list(csv.DictReader((tmp_path / "out" / "compare.csv").open()))
+    assert [(r["doctor"], r["scorer"]) for r in compared] == [
+        ("cheerful", "sentiment"), ("cheerful", "length"), ("terse", "sentiment"), ("terse", "length")]
+    assert all(r["adapter"] == "dpo:pirate" and r["kl_per_token"] == rows["dpo:pirate"]["kl_per_token"]
+               for r in compared)
+    for doctor in ("cheerful", "terse"):
+        assert f"{doctor} doctor at dpo:pirate's KL" in captured.out
 
 
 def test_plan_settings_controls_add_the_patient_sharpened_by_each_beta():

@@ -14,15 +14,13 @@ from types import SimpleNamespace
 import pytest
 import pytest_asyncio
 
-pytest.importorskip("ray", reason="ray is not installed (deploy/install.sh --test installs it)")
-
-from llmdoctor.server.config import ServerSettings  # noqa: E402
-from llmdoctor.server.engine.protocol import DoctorWeight, Guidance  # noqa: E402
-from llmdoctor.server.engine.torch_engine import TorchEngine  # noqa: E402
-from llmdoctor.server.errors import EngineDeadError  # noqa: E402
-from llmdoctor.server.replicas.engine_replica import EngineReplica  # noqa: E402
-from llmdoctor.server.replicas.registry import AdapterRegistry, Snapshot  # noqa: E402
-from tests.server.engine.engine_calls import collect, make_request  # noqa: E402
+from llmdoctor.server.config import ServerSettings
+from llmdoctor.server.engine.protocol import DoctorWeight, Guidance
+from llmdoctor.server.engine.torch_engine import TorchEngine
+from llmdoctor.server.errors import EngineDeadError
+from llmdoctor.server.replicas.engine_replica import EngineReplica
+from llmdoctor.server.replicas.registry import AdapterRegistry, Snapshot
+from tests.server.engine.engine_calls import collect, make_request
 
 
 class InProcess:

@@ -25,6 +25,7 @@ from llmdoctor.server.engine.protocol import (
     MIN_TEMPERATURE,
     MIN_WEIGHT,
     DoctorWeight,
+    GuidanceMode,
     Guidance,
 )
 
@@ -67,6 +68,12 @@ class DoctorWeightSchema(BaseModel):
 
     name: DoctorName
     beta: Beta
+    mode: GuidanceMode = Field(
+        "product",
+        description="product: beta * log p_doctor (the rule as written); ratio: beta * (log p_doctor - "
+                    "log p_patient), the doctor's tilt away from the patient it was trained on, without "
+                    "sharpening the patient (recommended for doctors that are LoRAs on the patient)",
+    )
 
 
 class GuidanceSchema(BaseModel):
@@ -92,7 +99,7 @@ class GuidanceSchema(BaseModel):
         return value
 
     def to_guidance(self) -> Guidance:
-        return Guidance(alpha=self.alpha, doctors=tuple(DoctorWeight(d.name, d.beta) for d in self.doctors))
+        return Guidance(alpha=self.alpha, doctors=tuple(DoctorWeight(d.name, d.beta, d.mode) for d in self.doctors))
 
 
 class StreamOptions(BaseModel):

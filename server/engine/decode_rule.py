@@ -11,6 +11,11 @@ or inf - inf (a negative beta on a token a doctor rules out) can arise, and with
 softmax tells from 0 (exp underflows near -104), so it changes no distribution a model really gives;
 it only turns a masked (-inf) token into a very unlikely one. A NaN input stays NaN, for the caller
 to blame on its row.
+
+A token the patient rules out (at or below the floor: a -inf from a mask such as vLLM's structured
+output, bad words or logit bias) stays ruled out whatever the weights: with a `ratio` doctor the
+patient's weight (`Guidance.rule_alpha`) can be negative, which would otherwise turn the patient's
+-1e4 into a bonus.
 """
 
 from __future__ import annotations
@@ -18,18 +23,20 @@ from __future__ import annotations
 import torch
 
 LOGPROB_FLOOR = -1e4  # log-probs below this count as impossible; keeps every product with a weight finite
+RULED_OUT = -1e30  # the rule's value for a token the patient rules out: exp gives 0, /0.01 stays finite
 
 
 def combine_logprobs(
     patient_logprobs: torch.Tensor,  # (V,) or (B, V)
     doctor_logprobs: torch.Tensor,  # (D, V) or (B, D, V)
-    alpha: float | torch.Tensor,
+    alpha: float | torch.Tensor,  # the patient's weight as computed: Guidance.rule_alpha (may be < 0)
     betas: torch.Tensor,  # (D,) or (B, D)
 ) -> torch.Tensor:
     """Return the re-normalised rule distribution as log-probs, shaped like `patient_logprobs`."""
     patient_logprobs = patient_logprobs.clamp(min=LOGPROB_FLOOR)
     doctor_logprobs = doctor_logprobs.clamp(min=LOGPROB_FLOOR)
     guided = alpha * patient_logprobs + (betas.unsqueeze(-1) * doctor_logprobs).sum(dim=-2)
+    guided = guided.masked_fill(patient_logprobs <= LOGPROB_FLOOR, RULED_OUT)
     return torch.log_softmax(guided, dim=-1)
 
 

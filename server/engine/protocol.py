@@ -16,12 +16,20 @@ from llmdoctor.server.errors import InvalidRequestError
 
 FinishReason = Literal["stop", "length", "abort"]
 AdapterKind = Literal["patient", "doctor"]
+# How a doctor enters the rule (README "Guidance"):
+#   product: beta * log p_doctor                        (DESIGN.md's rule as written)
+#   ratio:   beta * (log p_doctor - log p_patient)      (the doctor's tilt away from its base, the patient)
+# A doctor trained as a LoRA on the patient is the patient plus a tilt, so `product` also sharpens the
+# patient by (alpha + beta); `ratio` applies the tilt alone. It is product with alpha lowered by beta.
+GuidanceMode = Literal["product", "ratio"]
+GUIDANCE_MODES: tuple[GuidanceMode, ...] = ("product", "ratio")
 
 
 @dataclass(frozen=True)
 class DoctorWeight:
     name: str
     beta: float
+    mode: GuidanceMode = "product"
 
 
 # Accepted ranges (README "Guidance"; the API schemas carry the same bounds). The rule floors log-probs
@@ -45,7 +53,8 @@ def check_weight(value: float, param: str, lowest: float) -> None:
 
 @dataclass(frozen=True)
 class Guidance:
-    """Per-request weights of DESIGN.md's rule: alpha * log p_patient + sum_i beta_i * log p_doctor_i.
+    """Per-request weights of DESIGN.md's rule: alpha * log p_patient + sum_i beta_i * log p_doctor_i,
+    where a `ratio` doctor's term is beta_i * (log p_doctor_i - log p_patient) (`rule_alpha`).
 
     alpha: 0 or in [1e-6, 100]; each beta: 0 (off) or 1e-6 <= |beta| <= 100 (negative steers away from
     that doctor); alpha 0 needs at least one doctor with a non-zero beta.
@@ -59,6 +68,9 @@ class Guidance:
         names = [d.name for d in self.doctors]
         for i, d in enumerate(self.doctors):
             check_weight(d.beta, f"guidance.doctors[{i}].beta", -MAX_WEIGHT)
+            if d.mode not in GUIDANCE_MODES:
+                raise InvalidRequestError(f"guidance.doctors[{i}].mode must be one of {', '.join(GUIDANCE_MODES)}, "
+                                          f"got {d.mode!r}", f"guidance.doctors[{i}].mode")
         if len(set(names)) != len(names):
             raise InvalidRequestError(f"guidance.doctors names a doctor twice: {names}", "guidance.doctors")
         if self.alpha == 0.0 and not self.active:
@@ -69,6 +81,12 @@ class Guidance:
     def active(self) -> tuple[DoctorWeight, ...]:
         """Doctors that change the output (beta 0 = off, costs nothing)."""
         return tuple(d for d in self.doctors if d.beta != 0.0)
+
+    @property
+    def rule_alpha(self) -> float:
+        """The patient's weight in the rule as computed: alpha less the betas of the `ratio` doctors
+        (beta * (log p_doctor - log p_patient) is beta * log p_doctor with beta moved off the patient)."""
+        return self.alpha - sum(d.beta for d in self.active if d.mode == "ratio")
 
     @property
     def is_plain(self) -> bool:

@@ -36,7 +36,7 @@ from llmdoctor.server.engine.protocol import (
     TokenEvent,
     TokenLogprob,
 )
-from llmdoctor.server.engine.request_checks import check_request
+from llmdoctor.server.engine.request_checks import check_ratio_guidance, check_request
 from llmdoctor.server.engine.row_batch import RowBatch, StepLogits, StepPlan
 from llmdoctor.server.engine.sampling import sample_rows, top_logprobs
 from llmdoctor.server.engine.sequence import Sequence
@@ -170,6 +170,7 @@ class TorchEngine:
 
     def _validate(self, request: GenerateRequest) -> None:
         check_request(request, self.vocab_size, self.max_model_len)
+        check_ratio_guidance(request, self.doctors.shared)
 
     def _new_sequence(self, request: GenerateRequest) -> Sequence:
         active = request.guidance.active
@@ -333,7 +334,7 @@ class TorchEngine:
         else:
             doctor_logprobs = patient_logprobs.new_zeros((0, patient_logprobs.shape[-1]))
         betas = seq.betas.to(patient_logprobs.device)
-        return combine_logprobs(patient_logprobs, doctor_logprobs, seq.request.guidance.alpha, betas)
+        return combine_logprobs(patient_logprobs, doctor_logprobs, seq.request.guidance.rule_alpha, betas)
 
     def _release(self, seqs: list[Sequence]) -> None:
         """Remove requests' rows and bookkeeping; free adapters whose unload waited on them."""

@@ -35,7 +35,7 @@ from llmdoctor.server.engine.protocol import (
     TokenEvent,
     TokenLogprob,
 )
-from llmdoctor.server.engine.request_checks import check_request
+from llmdoctor.server.engine.request_checks import check_ratio_guidance, check_request
 from llmdoctor.server.engine.vllm_guidance import guidance_extra_args
 from llmdoctor.server.errors import AdapterError, EngineDeadError, InvalidRequestError, QueueFullError
 from llmdoctor.server.model_store import ResolvedModel
@@ -208,6 +208,7 @@ class VllmEngine:
         if not self._accepting:
             raise EngineDeadError("the engine is not running (starting up or shutting down)")
         check_request(request, self.vocab_size, self.max_model_len)
+        check_ratio_guidance(request, self._doctor_source is None)
         if request.request_id in self._inflight:
             raise InvalidRequestError(f"request id '{request.request_id}' is already running", "request_id")
         if len(self._inflight) - self.max_batch >= self.max_queue:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from llmdoctor.server.engine.protocol import DoctorWeight, Guidance
+from llmdoctor.server.engine.protocol import GUIDANCE_MODES, DoctorWeight, Guidance
 from llmdoctor.server.errors import InvalidRequestError
 
 EXTRA_ARGS_KEY = "llmdoctor"
@@ -18,7 +18,8 @@ EXTRA_ARGS_KEY = "llmdoctor"
 
 @dataclass(frozen=True)
 class RowGuidance:
-    """What the processor needs of one guided request: alpha and the active doctors with their betas."""
+    """What the processor needs of one guided request: the patient's weight as the rule computes it
+    (`Guidance.rule_alpha`: alpha less the betas of `ratio` doctors) and the active doctors' betas."""
 
     alpha: float
     doctors: tuple[str, ...]
@@ -29,7 +30,8 @@ def guidance_extra_args(guidance: Guidance) -> dict | None:
     """extra_args for a request, or None when the rule is the patient's own distribution (no processor cost)."""
     if guidance.is_plain:
         return None
-    return {EXTRA_ARGS_KEY: {"alpha": guidance.alpha, "doctors": [[d.name, d.beta] for d in guidance.active]}}
+    doctors = [[d.name, d.beta, d.mode] for d in guidance.active]
+    return {EXTRA_ARGS_KEY: {"alpha": guidance.alpha, "doctors": doctors}}
 
 
 def parse_guidance(extra_args: dict | None) -> RowGuidance | None:
@@ -44,22 +46,25 @@ def parse_guidance(extra_args: dict | None) -> RowGuidance | None:
         raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}.alpha must be a finite number, got {alpha!r}")
     doctors = value.get("doctors", [])
     if not isinstance(doctors, (list, tuple)):
-        raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}.doctors must be a list of [name, beta] pairs")
-    names, betas = [], []
+        raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}.doctors must be a list of [name, beta, mode] entries")
+    weights = []
     for i, entry in enumerate(doctors):
-        ok = isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)
+        ok = isinstance(entry, (list, tuple)) and len(entry) in (2, 3) and isinstance(entry[0], str)
         beta = entry[1] if ok else None
-        if not ok or isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta):
-            raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}.doctors[{i}] must be [name, finite beta], got {entry!r}")
+        mode = entry[2] if ok and len(entry) == 3 else "product"
+        if (not ok or isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta)
+                or mode not in GUIDANCE_MODES):
+            raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}.doctors[{i}] must be [name, finite beta, mode] with mode "
+                             f"one of {', '.join(GUIDANCE_MODES)}, got {entry!r}")
         if beta != 0.0:
-            names.append(entry[0])
-            betas.append(float(beta))
+            weights.append(DoctorWeight(entry[0], float(beta), mode))
+    names = [w.name for w in weights]
     if len(set(names)) != len(names):
         raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}.doctors names a doctor twice: {names}")
     try:  # the engine's ranges (protocol.py), checked again where vLLM hands the request to the processor
-        Guidance(float(alpha), tuple(DoctorWeight(n, b) for n, b in zip(names, betas)))
+        guidance = Guidance(float(alpha), tuple(weights))
     except InvalidRequestError as exc:
         raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}: {exc.message}") from exc
-    if float(alpha) == 1.0 and not names:
+    if guidance.is_plain:
         return None
-    return RowGuidance(float(alpha), tuple(names), tuple(betas))
+    return RowGuidance(guidance.rule_alpha, tuple(names), tuple(w.beta for w in weights))

@@ -82,6 +82,13 @@ class DoctorWeightSchema(BaseModel):
             title="Beta",
         ),
     ]
+    mode: Annotated[
+        Literal["product", "ratio"] | None,
+        Field(
+            description="product: beta * log p_doctor (the rule as written); ratio: beta * (log p_doctor - log p_patient), the doctor's tilt away from the patient it was trained on, without sharpening the patient (recommended for doctors that are LoRAs on the patient)",
+            title="Mode",
+        ),
+    ] = "product"
 
 
 class ErrorInfo(BaseModel):

@@ -51,3 +51,35 @@ def test_combine_keeps_a_nan_row_nan_for_the_caller_to_blame():
     patient[1, 0] = float("nan")
     out = combine_logprobs(patient, _lp([[0.0, 1.0, 0.0]], [[1.0, 0.0, 0.0]]), 0.5, torch.tensor([[1.0], [1.0]]))
     assert torch.isfinite(out[0]).all() and torch.isnan(out[1]).all()
+
+
+def test_ratio_mode_is_the_patient_tilted_by_the_doctors_log_ratio():
+    """A ratio doctor adds beta * (log p_doctor - log p_patient): product with alpha lowered by beta."""
+    from llmdoctor.server.engine.protocol import DoctorWeight, Guidance
+
+    patient = _lp([1.0, 2.0, 0.5, -1.0])[0]
+    doctors = _lp([1.5, 1.0, 0.5, -1.0], [0.0, 2.0, 2.0, 0.0])
+    guidance = Guidance(1.0, (DoctorWeight("a", 3.0, "ratio"), DoctorWeight("b", 0.5, "product")))
+    assert guidance.rule_alpha == -2.0
+    raw = patient + 3.0 * (doctors[0] - patient) + 0.5 * doctors[1]
+    expected = raw - torch.logsumexp(raw, -1)
+    out = combine_logprobs(patient, doctors, guidance.rule_alpha, torch.tensor([3.0, 0.5]))
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_ratio_of_a_doctor_equal_to_the_patient_changes_nothing():
+    """The point of ratio mode: a doctor that learned nothing does not sharpen the patient."""
+    patient = _lp([1.0, 2.0, 0.5, -1.0])[0]
+    out = combine_logprobs(patient, patient.unsqueeze(0), 1.0 - 4.0, torch.tensor([4.0]))
+    assert torch.allclose(out, patient, atol=1e-5)
+
+
+def test_a_token_the_patient_rules_out_stays_out_even_with_a_negative_patient_weight():
+    """With ratio doctors the patient's weight can go below 0; a masked patient token (-inf, e.g. a
+    grammar mask) must not turn into a bonus, whatever the doctors give it."""
+    patient = torch.log_softmax(torch.tensor([1.0, float("-inf"), 0.0]), -1)
+    doctors = _lp([0.0, 5.0, 0.0])
+    for alpha in (-3.0, 0.0, 1.0):
+        out = combine_logprobs(patient, doctors, alpha, torch.tensor([4.0]))
+        assert torch.isfinite(out).all() and out.exp()[1] == 0.0
+        assert torch.isclose(out.exp().sum(), torch.tensor(1.0))

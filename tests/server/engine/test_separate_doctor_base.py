@@ -41,6 +41,12 @@ async def test_separate_doctor_base_gives_the_shared_base_tokens(engine, embedde
         assert not separate.doctors.shared and separate.doctor_base_name == "doctor-base"
         await separate.load_adapter("cheerful", str(doctor_adapter_dir), "doctor")
         assert await _greedy(separate, ids, guidance) == shared
+        # ratio mode needs the doctor's base log-probs, which only a shared base gives for free: refused
+        with pytest.raises(InvalidRequestError) as refused:
+            await _greedy(separate, ids, Guidance(doctors=(DoctorWeight("cheerful", 1.5, "ratio"),)))
+        assert refused.value.param == "guidance.doctors[0].mode" and "--doctor-base" in refused.value.message
+        again = Guidance(doctors=(DoctorWeight("cheerful", 1.5),))  # another object: another request id
+        assert await _greedy(separate, ids, again) == shared  # and the engine serves on
     finally:
         await separate.shutdown(0)
 

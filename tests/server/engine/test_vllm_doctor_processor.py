@@ -67,7 +67,7 @@ def check_step(processor, reference_doctor, batch):
                 doctor = reference_doctor(torch.tensor([request.prompt + request.output])).logits[0, -1]
             betas = torch.tensor([d.beta for d in request.guidance.active])
             expected[i] = combine_logprobs(torch.log_softmax(logits[i], -1), torch.log_softmax(doctor, -1)[None],
-                                           request.guidance.alpha, betas)
+                                           request.guidance.rule_alpha, betas)
     out = processor.apply(logits)
     torch.testing.assert_close(out, expected, atol=2e-4, rtol=1e-4)
     for request in batch.values():  # the token vLLM would sample next, appended to its live list
@@ -88,7 +88,7 @@ def test_rows_follow_vllms_persistent_batch(processor, reference_doctor):
                                        moved=[(2, 1, MoveDirectionality.UNIDIRECTIONAL)]))
     check_step(processor, reference_doctor, {0: a, 1: c})
     # d joins at 2, then a and c swap places
-    d = Request([1, 7042, 30], Guidance(doctors=(DoctorWeight("cheerful", 0.7),)))
+    d = Request([1, 7042, 30], Guidance(doctors=(DoctorWeight("cheerful", 2.5, "ratio"),)))  # alpha 1 - 2.5
     processor.update_state(BatchUpdate(3, removed=[], added=[d.added(2)], moved=[(0, 1, MoveDirectionality.SWAP)]))
     check_step(processor, reference_doctor, {0: c, 1: a, 2: d})
     # a is preempted and recomputed: it comes back with two new tokens at once; its doctor rows rejoin
@@ -114,6 +114,7 @@ def test_a_batch_without_guided_rows_is_returned_as_is(processor):
     ({"llmdoctor": {"doctors": [["cheerful", "lots"]]}}, "doctors[0]"),
     ({"llmdoctor": {"doctors": [["x", 1.0], ["x", 2.0]]}}, "twice"),
     ({"llmdoctor": [1, 2]}, "object"),
+    ({"llmdoctor": {"doctors": [["cheerful", 1.0, "sharpen"]]}}, "mode"),
 ])
 def test_validate_params_names_the_bad_field(extra_args, field):
     with pytest.raises(ValueError, match=field.replace("[", r"\[").replace("]", r"\]")):
@@ -128,7 +129,7 @@ def _expected_rows(reference_doctor, logits, batch):
             doctor = reference_doctor(torch.tensor([request.prompt + request.output])).logits[0, -1]
         betas = torch.tensor([d.beta for d in request.guidance.active])
         expected[i] = combine_logprobs(torch.log_softmax(logits[i], -1), torch.log_softmax(doctor, -1)[None],
-                                       request.guidance.alpha, betas)
+                                       request.guidance.rule_alpha, betas)
     return expected
 
 

@@ -37,6 +37,9 @@ class RewardsSection(_Section):
     negative_face: str | None = None
     tau: float = Field(1.0, gt=0)  # temperature on the normaliser mean_j Delta_j
     theta: float = Field(0.1, ge=0, lt=1)  # sparsity threshold on S_t
+    # where each token reward's sign comes from (token_rewards.py): the pair's label (the paper's form),
+    # the faces' own side of the token, or the label where the faces agree with it
+    direction: Literal["preference", "faces", "agree"] = "preference"
     epsilon: float = Field(1e-6, gt=0)
     batch_size: int = Field(8, ge=1)  # preference rows per forward (x2 responses x2 faces sequences)
     output: Path = Path("token_rewards.jsonl")  # .jsonl or .parquet
@@ -88,19 +91,22 @@ class DoctorSection(_Section):
     value_margin: float = Field(0.1, ge=0)  # gamma of the value-discrimination hinge
     value_weight: float = Field(1.0, ge=0)  # lambda
     # log Q(s_t) = reward_scale * sum_{k<=t} r_k: the flow's reward exponent (a GFlowNet's 1 / temperature).
-    # r_t <= 1, so at 1 the doctor moves a token's log-prob by about a nat at most; a decision that
-    # needs more (ending an answer early: the patient gives end-of-turn a few % there) needs a larger scale.
+    # r_t <= 1, so at 1 the doctor moves a token's log-prob by about a nat at most; in ratio mode the
+    # request's beta multiplies that tilt, so a larger scale is rarely needed (at 4 a conciseness doctor
+    # pushed its answers' tokens so far down that it wrote gibberish; README "Training").
     reward_scale: float = Field(1.0, gt=0)
     policy_term: Literal["log_ratio", "logprob"] = "log_ratio"  # what the flow explains (tfpo_losses.py)
     value_head_hidden: int = Field(256, ge=1)
     # the doctor LoRA and the run (as in a DPO config)
-    # Measured on the embedded model (96 positivity pairs, 48 steps): r 8 on q/v at lr 5e-4 moved the
-    # doctor ~0.03 nats per token; r 16 on every linear layer at lr 2e-3 ~0.3, the size of the rewards.
+    # Measured on the embedded model (the positivity recipe's 128 pairs, 64 steps, r 16 on every linear
+    # layer): at lr 2e-3 the TFPO loss rose during training (2.6 -> 13-17) and the doctor's tilt from
+    # the patient was noise (no sentiment gain at any beta in ratio mode); at lr 5e-4 the loss fell
+    # (2.6 -> ~1) and the tilt generalised to held-out prompts (README "Training", issue-16 findings).
     lora_r: int = Field(16, gt=0)
     lora_alpha: int = Field(32, gt=0)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR), min_length=1)
-    learning_rate: float = Field(2e-3, gt=0)
+    learning_rate: float = Field(5e-4, gt=0)
     batch_size: int = Field(4, ge=1)  # preference rows (2 sequences each)
     gradient_accumulation_steps: int = Field(1, ge=1)
     num_epochs: int = Field(1, ge=1)

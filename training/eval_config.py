@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -73,6 +74,9 @@ class EvalConfig(_Section):
     # also the patient alone at alpha + beta for each swept beta: the sharpening a doctor gets for free
     sharpening_controls: bool = False
     alpha: float = 1.0
+    # how each doctor enters the rule (server/engine/protocol.py GuidanceMode): ratio applies its tilt
+    # from the patient alone; product (the rule as DESIGN.md writes it) also sharpens by alpha + beta
+    doctor_mode: Literal["product", "ratio"] = "ratio"
     scorers: list[str] = Field(default_factory=lambda: ["sentiment", "length"], min_length=1)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     output_dir: Path | None = None  # None = ./eval/<model>-<timestamp>, set on load

@@ -28,10 +28,11 @@ class SettingResult:
     seconds: float
 
     def row(self, doctors: list[str], adapters: list[str]) -> dict[str, object]:
-        """The CSV row: the setting's name, kind, alpha, a beta per doctor, its adapter, the metrics."""
+        """The CSV row: the setting's name, kind, alpha, how its doctors enter the rule, a beta per doctor,
+        its adapter, the metrics."""
         s = self.setting
         betas = s.betas
-        row: dict[str, object] = {"setting": s.name, "kind": s.kind, "alpha": s.alpha}
+        row: dict[str, object] = {"setting": s.name, "kind": s.kind, "alpha": s.alpha, "mode": s.mode}
         row.update({f"beta_{d}": betas.get(d, 0.0) for d in doctors})
         if adapters:
             row["adapter"] = s.adapter or ""

@@ -14,6 +14,7 @@ from itertools import product
 from typing import Literal
 
 SettingKind = Literal["patient", "control", "doctor", "grid", "adapter"]
+GuidanceMode = Literal["product", "ratio"]
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,16 @@ class Setting:
     alpha: float = 1.0
     doctors: tuple[tuple[str, float], ...] = ()  # (doctor, beta), beta != 0, config order
     adapter: str | None = None  # a patient adapter, or None for the bare patient
+    mode: GuidanceMode = "product"  # how the doctors enter the rule
 
     @property
     def betas(self) -> dict[str, float]:
         return dict(self.doctors)
+
+    @property
+    def rule_alpha(self) -> float:
+        """The patient's weight as the rule computes it (protocol.Guidance.rule_alpha)."""
+        return self.alpha - (sum(beta for _, beta in self.doctors) if self.mode == "ratio" else 0.0)
 
 
 def format_beta(beta: float) -> str:
@@ -34,7 +41,7 @@ def format_beta(beta: float) -> str:
     return f"{beta:g}"
 
 
-def guided(doctors: list[tuple[str, float]], alpha: float, kind: SettingKind) -> Setting:
+def guided(doctors: list[tuple[str, float]], alpha: float, kind: SettingKind, mode: GuidanceMode = "product") -> Setting:
     """The setting that weights `doctors` (zero betas dropped); the patient when none is left."""
     active = tuple((name, beta) for name, beta in doctors if beta != 0.0)
     if not active and alpha == 1.0:
@@ -42,7 +49,7 @@ def guided(doctors: list[tuple[str, float]], alpha: float, kind: SettingKind) ->
     name = "+".join(f"{doctor}@{format_beta(beta)}" for doctor, beta in active) or f"alpha@{format_beta(alpha)}"
     if alpha != 1.0 and active:
         name = f"{name}/alpha@{format_beta(alpha)}"
-    return Setting(name, "grid" if len(active) > 1 else kind, alpha, active)
+    return Setting(name, "grid" if len(active) > 1 else kind, alpha, active, mode=mode if active else "product")
 
 
 def plan_settings(
@@ -52,6 +59,7 @@ def plan_settings(
     grid_betas: list[float],
     alpha: float = 1.0,
     controls: bool = False,
+    mode: GuidanceMode = "product",
 ) -> list[Setting]:
     """Every setting to generate, each once, in report order: the patient, the sharpening controls,
     each doctor alone by beta (the swept betas and those a zero in the grid adds), the grid pairs,
@@ -71,11 +79,11 @@ def plan_settings(
             add(guided([], alpha + beta, "control"))
     for doctor in doctors:
         for beta in sorted(betas):
-            add(guided([(doctor, beta)], alpha, "doctor"))
+            add(guided([(doctor, beta)], alpha, "doctor", mode))
     if len(doctors) >= 2:
         first, second = doctors[:2]
         for a, b in product(sorted(grid_betas), repeat=2):
-            add(guided([(first, a), (second, b)], alpha, "doctor"))
+            add(guided([(first, a), (second, b)], alpha, "doctor", mode))
     for adapter in adapters:
         add(Setting(f"dpo:{adapter}", "adapter", adapter=adapter))
     order = {"patient": 0, "control": 1, "doctor": 2, "grid": 3, "adapter": 4}

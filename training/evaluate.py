@@ -82,7 +82,7 @@ def run_eval(config: EvalConfig, progress: Progress | None = stderr_progress) ->
     prompts = select_prompts(config)
     doctors, adapters = list(config.doctors), list(config.patient_adapters)
     settings = plan_settings(doctors, adapters, config.betas, config.grid_betas, config.alpha,
-                             controls=config.sharpening_controls)
+                             controls=config.sharpening_controls, mode=config.doctor_mode)
     scorers = {name: get_scorer(name) for name in config.scorers}
     model = resolve_model(None if config.model.path == "embedded" else config.model.path)
     check_adapters(config, model.name)
@@ -164,7 +164,7 @@ async def _generate_one(engine, tokenizer, setting: Setting, request_id: str, pr
 
     g = config.generation
     sampling = SamplingParams(g.max_tokens, g.temperature, top_p=g.top_p, seed=response_seed(g.seed, prompt, sample))
-    guidance = Guidance(setting.alpha, tuple(DoctorWeight(n, b) for n, b in setting.doctors))
+    guidance = Guidance(setting.alpha, tuple(DoctorWeight(n, b, setting.mode) for n, b in setting.doctors))
     request = GenerateRequest(request_id, ids, sampling, guidance, setting.adapter)
     tokens: list[int] = []
     async for event in engine.generate(request):
@@ -190,7 +190,8 @@ def measure(config: EvalConfig, prompts: list[str], model_folder: Path, settings
         generations, seconds = generated[setting.name]
         kl_sum, token_count, totals, rows = 0.0, 0, dict.fromkeys(scorers, 0.0), []
         for gen in generations:
-            kl = forcer.kl_per_token(gen.prompt_ids, gen.token_ids, setting.alpha, setting.doctors, setting.adapter)
+            kl = forcer.kl_per_token(gen.prompt_ids, gen.token_ids, setting.rule_alpha, setting.doctors,
+                                     setting.adapter)
             kl_sum, token_count = kl_sum + float(kl.sum()), token_count + len(gen.token_ids)
             scores = {name: float(score(gen.prompt, gen.text)) for name, score in scorers.items()}
             totals = {name: totals[name] + value for name, value in scores.items()}

@@ -39,17 +39,17 @@ class Dimension:
     defaults: dict = field(default_factory=dict)
     # data synth --sentence-cuts: pairs that differ only in where the answer stops (synth.py)
     sentence_cuts: bool = False
-    # the doctor's reward_scale (doctor_config.py). Conciseness: ending after a sentence needs the
-    # end-of-turn token, which the patient gives a few % there, moved by several nats; at 1 the
-    # doctor's answers were as long as the patient's (-88 -> -80 words at beta 4), at 4 one sentence.
+    # the doctor's reward_scale (doctor_config.py). In ratio mode beta scales the doctor's tilt at
+    # decode time, so 1 is enough for every dimension: a conciseness doctor trained at 4 (what product
+    # mode at lr 2e-3 needed) wrote gibberish at beta 1 in ratio mode; at 1 it gives one sentence at beta 2.
     reward_scale: float = 1.0
 
 
 DIMENSIONS = {
     "positivity": Dimension(scorer="sentiment", faces="positivity"),
     "conciseness": Dimension(scorer="length", faces="conciseness", defaults={
-        "max_tokens": 96, "train_prompts": 96, "eval_prompts": 32, "betas": (1.0, 2.0, 4.0)},
-        sentence_cuts=True, reward_scale=4.0),
+        "max_tokens": 96, "train_prompts": 96, "eval_prompts": 32, "betas": (1.0, 2.0, 4.0, 8.0)},
+        sentence_cuts=True),
 }
 STAGES = ("data", "rewards", "doctor", "dpo", "eval")
 
@@ -70,7 +70,9 @@ class RecipeOptions:
     k: int = 4
     max_tokens: int = 48
     epochs: int = 2
-    betas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    # ratio-mode betas (the eval's doctor_mode): the doctor's tilt from the patient, times beta. The
+    # positivity doctor reaches the DPO adapter's KL (~0.5 nats/token) near beta 5, so the sweep spans it.
+    betas: tuple[float, ...] = (1.0, 2.0, 4.0, 6.0)
     samples_per_prompt: int = 1  # eval: responses per held-out prompt (more = less noisy scores)
     seed: int = 0
 
@@ -108,7 +110,7 @@ def stage_configs(o: RecipeOptions) -> dict:
         }),
         "doctor": DoctorConfig.model_validate({
             "data": {"path": str(rewards_file)}, "device": o.device,
-            "doctor": {**run, "dimension": o.dimension, "output_dir": str(doctor_dir), "learning_rate": 2e-3,
+            "doctor": {**run, "dimension": o.dimension, "output_dir": str(doctor_dir), "learning_rate": 5e-4,
                        "reward_scale": d.reward_scale},
         }),
         "dpo": TrainingConfig.model_validate({
@@ -119,8 +121,8 @@ def stage_configs(o: RecipeOptions) -> dict:
             "prompts": {"path": str(PROMPTS_FILE), "skip": shipped - o.eval_prompts, "limit": o.eval_prompts},
             "doctors": {o.dimension: str(doctor_dir), **{k: str(v) for k, v in o.with_doctors.items()}},
             "patient_adapters": {"dpo": str(dpo_dir)},
-            "betas": list(o.betas), "grid_betas": [0.0, 1.0, 2.0] if o.with_doctors else [],
-            "sharpening_controls": True,
+            "betas": list(o.betas), "grid_betas": [0.0, 2.0, 4.0] if o.with_doctors else [],
+            "sharpening_controls": True, "doctor_mode": "ratio",
             "scorers": ["sentiment", "length"], "output_dir": str(out / "eval"), "device": o.device,
             "generation": {"max_tokens": o.max_tokens, "temperature": 1.0, "seed": o.seed + 1,
                            "samples_per_prompt": o.samples_per_prompt},
@@ -265,8 +267,8 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, help="responses data synth samples per prompt (default 4)")
     parser.add_argument("--max-tokens", type=int, help="tokens per response, in data synth and eval (default 48; "
                         "conciseness 96)")
-    parser.add_argument("--betas", metavar="B,B,...", help="doctor betas the eval sweeps (default 0.5,1,2,4; "
-                        "conciseness 1,2,4)")
+    parser.add_argument("--betas", metavar="B,B,...", help="doctor betas the eval sweeps (default 1,2,4,6; "
+                        "conciseness 1,2,4,8)")
     parser.add_argument("--samples-per-prompt", type=int, help="eval responses per held-out prompt (default 1)")
     parser.add_argument("--seed", type=int, default=0)
 

@@ -86,7 +86,7 @@ def right_padded(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, to
 def batch_rewards(model, tokenizer, records: list[dict[str, Any]], config: RewardsConfig) -> list[dict[str, Any]]:
     """Output rows for `records` (each with prompt, chosen, rejected), in order."""
     from llmdoctor.training.gdpo_training import tokenize_group
-    from llmdoctor.training.token_rewards import directional_rewards, response_logprobs, token_importance
+    from llmdoctor.training.token_rewards import directional_rewards, response_logprobs, token_importance, token_signs
 
     r = config.rewards
     faces = r.faces()
@@ -113,7 +113,7 @@ def batch_rewards(model, tokenizer, records: list[dict[str, Any]], config: Rewar
     # 3) importance and directional rewards; rows are [pos: (c, r) x B, neg: (c, r) x B]
     half = len(sequences) // 2
     importance = token_importance(logps[:half], logps[half:], response_mask[:half], r.tau, r.epsilon)
-    signs = torch.tensor([1.0, -1.0]).repeat(len(records))
+    signs = token_signs(r.direction, torch.tensor([1.0, -1.0]).repeat(len(records)), logps[:half], logps[half:])
     rewards = directional_rewards(importance, signs, r.theta)
     return [
         _output_row(record, tokens, rewards[2 * i], rewards[2 * i + 1])

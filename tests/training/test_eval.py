@@ -88,9 +88,11 @@ def test_kl_divergence_same_distribution_is_zero_and_otherwise_positive():
     assert (kl_divergence(p, q) > 0).all()
 
 
-def test_teacher_forcer_rule_logprobs_match_the_engine(embedded_model, doctor_adapter_dir):
+@pytest.mark.parametrize("mode", ["product", "ratio"])
+def test_teacher_forcer_rule_logprobs_match_the_engine(embedded_model, doctor_adapter_dir, mode):
     """Teacher forcing scores the positions the engine sampled from: its rule log-probs of the sampled
-    tokens equal those the engine reported (so the KL is of the distribution actually decoded)."""
+    tokens equal those the engine reported (so the KL is of the distribution actually decoded), in
+    either guidance mode (ratio: the patient's weight in the rule is alpha - beta)."""
     from transformers import AutoTokenizer
 
     from llmdoctor.server.engine.protocol import DoctorWeight, GenerateRequest, Guidance, SamplingParams
@@ -100,7 +102,7 @@ def test_teacher_forcer_rule_logprobs_match_the_engine(embedded_model, doctor_ad
         engine = TorchEngine(embedded_model, max_batch=2)
         await engine.start()
         await engine.load_adapter("cheerful", str(doctor_adapter_dir), "doctor")
-        guidance = Guidance(1.0, (DoctorWeight("cheerful", 1.5),))
+        guidance = Guidance(1.0, (DoctorWeight("cheerful", 1.5, mode),))
         request = GenerateRequest("r", prompt_ids, SamplingParams(6, 1.0, seed=3, logprobs=0), guidance)
         tokens, logprobs = [], []
         async for event in engine.generate(request):
@@ -117,7 +119,9 @@ def test_teacher_forcer_rule_logprobs_match_the_engine(embedded_model, doctor_ad
         tokens, engine_logprobs = asyncio.run(sample(prompt_ids))
         logprobs = TeacherForcer(embedded_model.folder, {"cheerful": doctor_adapter_dir}).response_logprobs(
             prompt_ids, tokens, [BASE, "cheerful"])
-    rule = combine_logprobs(logprobs[0], logprobs[1:].transpose(0, 1), 1.0, torch.tensor([1.5]).expand(len(tokens), 1))
+    rule_alpha = 1.0 - 1.5 if mode == "ratio" else 1.0
+    rule = combine_logprobs(logprobs[0], logprobs[1:].transpose(0, 1), rule_alpha,
+                            torch.tensor([1.5]).expand(len(tokens), 1))
     forced = rule[torch.arange(len(tokens)), torch.tensor(tokens)]
     assert forced.tolist() == pytest.approx(engine_logprobs, abs=1e-3)
 
@@ -207,6 +211,21 @@ output_dir: {tmp_path / "out"}
                for r in compared)
     for doctor in ("cheerful", "terse"):
         assert f"{doctor} doctor at dpo:pirate's KL" in captured.out
+
+
+def test_plan_settings_mode_reaches_every_guided_setting_and_its_rule_alpha():
+    settings = {s.name: s for s in plan_settings(["a", "b"], [], [2.0], [0.0, 1.0], controls=True, mode="ratio")}
+    assert settings["a@2"].mode == "ratio" and settings["a@2"].rule_alpha == -1.0
+    assert settings["a@1+b@1"].mode == "ratio" and settings["a@1+b@1"].rule_alpha == -1.0
+    assert settings["alpha@3"].mode == "product" and settings["alpha@3"].rule_alpha == 3.0  # no doctor: no ratio
+    assert settings["patient"].rule_alpha == 1.0
+    assert plan_settings(["a"], [], [2.0], [])[1].rule_alpha == 1.0  # product, the default
+
+
+def test_eval_config_doctor_mode_defaults_to_ratio_and_names_a_bad_value(tmp_path):
+    assert load_eval_config(write(tmp_path, "doctors: {}\n")).doctor_mode == "ratio"
+    error = error_of(tmp_path, "doctor_mode: sharpen\n")
+    assert error.field == "doctor_mode" and "ratio" in str(error)
 
 
 def test_plan_settings_controls_add_the_patient_sharpened_by_each_beta():

@@ -57,6 +57,7 @@ def test_recipe_output_holds_the_doctor_the_dpo_adapter_the_data_and_the_eval(re
     rows = {row["setting"]: row for row in csv.DictReader((out / "eval" / "eval.csv").open())}
     assert set(rows) == {"patient", "alpha@3", "positivity@2", "dpo:dpo"}  # alpha@3: the sharpening control
     assert float(rows["patient"]["kl_per_token"]) == pytest.approx(0.0, abs=1e-6)
+    assert rows["positivity@2"]["mode"] == "ratio" and rows["alpha@3"]["mode"] == "product"
     state = json.loads((out / "recipe.json").read_text())
     assert all(state["stages"][stage]["done"] for stage in recipe.STAGES)
     assert {p.name for p in (out / "configs").iterdir()} == {f"{s}.yaml" for s in recipe.STAGES}
@@ -107,16 +108,32 @@ def test_each_dimension_gets_its_own_defaults_and_flags_override_them(tmp_path):
     add_recipe_arguments(parser)
     concise = stage_configs(options_from_args(parser.parse_args(["conciseness", "--output", str(tmp_path)])))
     positive = stage_configs(options_from_args(parser.parse_args(["positivity", "--output", str(tmp_path)])))
-    # conciseness: room to see an answer run on, sentence cuts, a larger reward scale; positivity: the defaults
+    # conciseness: room to see an answer run on, sentence cuts; positivity: the defaults
     assert concise["data"].max_tokens == concise["eval"].generation.max_tokens == 96
     assert positive["data"].max_tokens == positive["eval"].generation.max_tokens == 48
     assert (concise["data"].limit, concise["eval"].prompts.limit) == (96, 32)
     assert concise["data"].sentence_cuts and not positive["data"].sentence_cuts
-    assert (concise["doctor"].doctor.reward_scale, positive["doctor"].doctor.reward_scale) == (4.0, 1.0)
+    assert concise["doctor"].doctor.reward_scale == positive["doctor"].doctor.reward_scale == 1.0
     given = options_from_args(parser.parse_args(["conciseness", "--output", str(tmp_path), "--max-tokens", "64",
                                                  "--samples-per-prompt", "3"]))
     assert given.max_tokens == 64 and given.train_prompts == 96
     assert stage_configs(given)["eval"].generation.samples_per_prompt == 3
+
+
+def test_recipe_defaults_are_the_measured_winners(tmp_path):
+    """Issue 16: the paper's reward signs, lr 5e-4 (at 2e-3 the TFPO loss rose and the doctor learned
+    noise), doctors evaluated in ratio mode over betas that span the DPO adapter's KL."""
+    from llmdoctor.training.recipe import add_recipe_arguments, options_from_args, stage_configs
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_recipe_arguments(parser)
+    positive = stage_configs(options_from_args(parser.parse_args(["positivity", "--output", str(tmp_path)])))
+    concise = stage_configs(options_from_args(parser.parse_args(["conciseness", "--output", str(tmp_path)])))
+    assert positive["rewards"].rewards.direction == "preference"
+    assert positive["doctor"].doctor.learning_rate == positive["dpo"].alignment.learning_rate == 5e-4
+    assert positive["eval"].doctor_mode == "ratio" and positive["eval"].betas == [1.0, 2.0, 4.0, 6.0]
+    assert concise["eval"].betas == [1.0, 2.0, 4.0, 8.0]
 
 
 def test_recipe_samples_per_prompt_below_one_exits_2(tmp_path, capsys):

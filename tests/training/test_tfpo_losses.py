@@ -91,3 +91,19 @@ def test_first_divergence_finds_the_first_differing_token():
     assert first_divergence([5, 6, 7], [5, 6, 8, 9]) == 2
     assert first_divergence([1], [2]) == 0
     assert first_divergence([5, 6], [5, 6, 7]) is None  # a prefix: no state with two next tokens
+
+
+def test_token_signs_preference_faces_and_agree():
+    """preference: the pair's label on every token (the paper's form); faces: the side of the faces each
+    token is on; agree: the label where the faces are on its side, else 0."""
+    from llmdoctor.training.token_rewards import token_signs
+
+    pos = torch.tensor([[-1.0, -3.0, -2.0], [-1.0, -3.0, -2.0]])
+    neg = torch.tensor([[-2.0, -1.0, -2.0], [-2.0, -1.0, -2.0]])  # faces: +, -, 0
+    label = torch.tensor([1.0, -1.0])  # chosen, rejected
+    assert token_signs("preference", label, pos, neg).tolist() == [[1, 1, 1], [-1, -1, -1]]
+    assert token_signs("faces", label, pos, neg).tolist() == [[1, -1, 0], [1, -1, 0]]
+    assert token_signs("agree", label, pos, neg).tolist() == [[1, 0, 0], [0, -1, 0]]
+    importance = torch.tensor([[0.9, 0.9, 0.9], [0.9, 0.05, 0.9]])
+    rewards = directional_rewards(importance, token_signs("faces", label, pos, neg), theta=0.1)
+    assert torch.allclose(rewards, torch.tensor([[0.9, -0.9, 0.0], [0.9, 0.0, 0.0]]))

@@ -94,17 +94,17 @@ async def test_train_doctor_guides_the_patient_in_the_engine(doctor, embedded_mo
         await engine.load_adapter("positivity", str(doctor), "doctor")
         try:
             bare, guided = [await asyncio.gather(*(_greedy(engine, tokenizer, q, beta) for q in QUESTIONS[:4]))
-                            for beta in (0.0, 4.0)]
+                            for beta in (0.0, 8.0)]
         finally:
             await engine.shutdown(grace_seconds=1)
-    assert bare != guided  # a few training steps already move some greedy answer
+    assert bare != guided  # a few training steps already move some greedy answer (ratio mode: the tilt x 8)
 
 
 async def _greedy(engine, tokenizer, question: str, beta: float) -> list[int]:
     text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
                                          tokenize=False)
     ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
-    guidance = Guidance(doctors=(DoctorWeight("positivity", beta),))
+    guidance = Guidance(doctors=(DoctorWeight("positivity", beta, "ratio"),))
     request = GenerateRequest(f"tfpo-{beta}-{question}", ids, SamplingParams(max_tokens=16, temperature=0.0), guidance)
     return [token async for event in engine.generate(request) for token in event.token_ids]
 

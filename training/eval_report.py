@@ -95,7 +95,9 @@ def plot_frontier(path: Path, results: list[SettingResult], doctors: list[str]) 
     for ax, scorer in zip(axes[0], scorers):
         for doctor in doctors:
             points = sweep(results, doctor)
-            ax.plot([r.kl_per_token for r in points], [r.scores[scorer] for r in points], marker="o", label=doctor)
+            modes = {r.setting.mode for r in points if r.setting.doctors}
+            label = f"{doctor} ({', '.join(sorted(modes))})" if modes else doctor  # ratio or product: what beta means
+            ax.plot([r.kl_per_token for r in points], [r.scores[scorer] for r in points], marker="o", label=label)
             for r in points[1:] if points and points[0].setting.kind == "patient" else points:
                 ax.annotate(f"β={format_beta(r.setting.betas.get(doctor, 0.0))}",
                             (r.kl_per_token, r.scores[scorer]), fontsize=7, xytext=(3, 3), textcoords="offset points")

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Literal
 
+from llmdoctor.server.engine.protocol import DoctorWeight, Guidance, GuidanceMode
+
 SettingKind = Literal["patient", "control", "doctor", "grid", "adapter"]
-GuidanceMode = Literal["product", "ratio"]
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,14 @@ class Setting:
         return dict(self.doctors)
 
     @property
+    def guidance(self) -> Guidance:
+        """The engine's guidance for this setting (what generates it, and what its KL is of)."""
+        return Guidance(self.alpha, tuple(DoctorWeight(name, beta, self.mode) for name, beta in self.doctors))
+
+    @property
     def rule_alpha(self) -> float:
-        """The patient's weight as the rule computes it (protocol.Guidance.rule_alpha)."""
-        return self.alpha - (sum(beta for _, beta in self.doctors) if self.mode == "ratio" else 0.0)
+        """The patient's weight as the rule computes it."""
+        return self.guidance.rule_alpha
 
 
 def format_beta(beta: float) -> str:

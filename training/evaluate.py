@@ -159,13 +159,12 @@ async def generate_all(config: EvalConfig, model, prompts: list[str], settings: 
 
 async def _generate_one(engine, tokenizer, setting: Setting, request_id: str, prompt: str, ids: tuple[int, ...],
                         sample: int, config: EvalConfig) -> Generation:
-    from llmdoctor.server.engine.protocol import DoctorWeight, GenerateRequest, Guidance, SamplingParams
+    from llmdoctor.server.engine.protocol import GenerateRequest, SamplingParams
     from llmdoctor.training.synth import response_seed
 
     g = config.generation
     sampling = SamplingParams(g.max_tokens, g.temperature, top_p=g.top_p, seed=response_seed(g.seed, prompt, sample))
-    guidance = Guidance(setting.alpha, tuple(DoctorWeight(n, b, setting.mode) for n, b in setting.doctors))
-    request = GenerateRequest(request_id, ids, sampling, guidance, setting.adapter)
+    request = GenerateRequest(request_id, ids, sampling, setting.guidance, setting.adapter)
     tokens: list[int] = []
     async for event in engine.generate(request):
         if event.error:

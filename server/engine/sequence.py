@@ -19,6 +19,7 @@ class Sequence:
     stop_ids: frozenset[int]
     doctors: tuple[str, ...]  # active doctors (beta != 0), in guidance order
     betas: torch.Tensor  # (D,)
+    rule_alpha: float  # the patient's weight in the rule (Guidance.rule_alpha), fixed for the request
     output: list[int] = field(default_factory=list)
     admitted: bool = False
     finished: bool = False

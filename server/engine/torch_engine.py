@@ -186,6 +186,7 @@ class TorchEngine:
             stop_ids=frozenset(stop),
             doctors=tuple(d.name for d in active),
             betas=torch.tensor([d.beta for d in active], dtype=torch.float32),
+            rule_alpha=request.guidance.rule_alpha,
         )
 
     def stats(self) -> EngineStats:
@@ -334,7 +335,7 @@ class TorchEngine:
         else:
             doctor_logprobs = patient_logprobs.new_zeros((0, patient_logprobs.shape[-1]))
         betas = seq.betas.to(patient_logprobs.device)
-        return combine_logprobs(patient_logprobs, doctor_logprobs, seq.request.guidance.rule_alpha, betas)
+        return combine_logprobs(patient_logprobs, doctor_logprobs, seq.rule_alpha, betas)
 
     def _release(self, seqs: list[Sequence]) -> None:
         """Remove requests' rows and bookkeeping; free adapters whose unload waited on them."""

@@ -13,7 +13,7 @@ finished stages are skipped, an unfinished one continues where it stopped):
 
 DIR/configs/ gets the config each stage ran with (rerun or change any stage by hand with them);
 DIR/recipe.json records which stages are done and how long each took. The defaults are sized for
-a 2-core CPU (the whole chain in well under 30 minutes there); --device cuda scales them up.
+a 2-core CPU (the whole chain in under 30 minutes there); --device cuda scales them up.
 """
 
 from __future__ import annotations
@@ -39,17 +39,25 @@ class Dimension:
     defaults: dict = field(default_factory=dict)
     # data synth --sentence-cuts: pairs that differ only in where the answer stops (synth.py)
     sentence_cuts: bool = False
-    # the doctor's reward_scale (doctor_config.py). In ratio mode beta scales the doctor's tilt at
-    # decode time, so 1 is enough for every dimension: a conciseness doctor trained at 4 (what product
-    # mode at lr 2e-3 needed) wrote gibberish at beta 1 in ratio mode; at 1 it gives one sentence at beta 2.
+    # the doctor's reward_scale (doctor_config.py): how many nats of tilt a rewarded token can earn. Ratio
+    # mode's beta scales the tilt at decode time, but not the noise-to-signal of what the doctor learned.
     reward_scale: float = 1.0
+    # the DPO adapter's alignment settings other than the recipe's (config.py's AlignmentConfig fields)
+    dpo: dict = field(default_factory=dict)
 
 
 DIMENSIONS = {
     "positivity": Dimension(scorer="sentiment", faces="positivity"),
     "conciseness": Dimension(scorer="length", faces="conciseness", defaults={
-        "max_tokens": 96, "train_prompts": 96, "eval_prompts": 32, "betas": (1.0, 2.0, 4.0, 8.0)},
-        sentence_cuts=True),
+        "max_tokens": 96, "train_prompts": 96, "eval_prompts": 32, "betas": (0.25, 0.5, 1.0, 2.0)},
+        # its one decision (stop here) gets a tilt of about reward_scale nats: at 1 the doctor needed beta 8
+        # and KL 5.8 to reach one sentence, at 8 beta 1 gets there at KL 1.5 (same pairs; 3 was in between)
+        reward_scale=8.0,
+        # Sentence-cut pairs differ only in where the answer stops, a preference with one right answer:
+        # sigmoid DPO drives that margin without bound and stopped at the first token (KL 9.3, empty
+        # answers, nothing to compare with). IPO (Azar et al. 2023) targets a finite margin: one-sentence
+        # answers at KL 1.2, inside the doctor's sweep.
+        sentence_cuts=True, dpo={"loss_type": "ipo"}),
 }
 STAGES = ("data", "rewards", "doctor", "dpo", "eval")
 
@@ -115,13 +123,14 @@ def stage_configs(o: RecipeOptions) -> dict:
         }),
         "dpo": TrainingConfig.model_validate({
             "dataset": {"path": str(preferences)}, "device": o.device,
-            "alignment": {**run, "method": "dpo", "output_dir": str(dpo_dir), "learning_rate": 5e-4, "beta": 0.1},
+            "alignment": {**run, "method": "dpo", "output_dir": str(dpo_dir), "learning_rate": 5e-4, "beta": 0.1,
+                          **d.dpo},
         }),
         "eval": EvalConfig.model_validate({
             "prompts": {"path": str(PROMPTS_FILE), "skip": shipped - o.eval_prompts, "limit": o.eval_prompts},
             "doctors": {o.dimension: str(doctor_dir), **{k: str(v) for k, v in o.with_doctors.items()}},
             "patient_adapters": {"dpo": str(dpo_dir)},
-            "betas": list(o.betas), "grid_betas": [0.0, 2.0, 4.0] if o.with_doctors else [],
+            "betas": list(o.betas), "grid_betas": [0.0, 0.5, 2.0] if o.with_doctors else [],
             "sharpening_controls": True, "doctor_mode": "ratio",
             "scorers": ["sentiment", "length"], "output_dir": str(out / "eval"), "device": o.device,
             "generation": {"max_tokens": o.max_tokens, "temperature": 1.0, "seed": o.seed + 1,
@@ -268,7 +277,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, help="tokens per response, in data synth and eval (default 48; "
                         "conciseness 96)")
     parser.add_argument("--betas", metavar="B,B,...", help="doctor betas the eval sweeps (default 1,2,4,6; "
-                        "conciseness 1,2,4,8)")
+                        "conciseness 0.25,0.5,1,2)")
     parser.add_argument("--samples-per-prompt", type=int, help="eval responses per held-out prompt (default 1)")
     parser.add_argument("--seed", type=int, default=0)
 

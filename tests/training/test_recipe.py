@@ -113,7 +113,7 @@ def test_each_dimension_gets_its_own_defaults_and_flags_override_them(tmp_path):
     assert positive["data"].max_tokens == positive["eval"].generation.max_tokens == 48
     assert (concise["data"].limit, concise["eval"].prompts.limit) == (96, 32)
     assert concise["data"].sentence_cuts and not positive["data"].sentence_cuts
-    assert concise["doctor"].doctor.reward_scale == positive["doctor"].doctor.reward_scale == 1.0
+    assert (concise["doctor"].doctor.reward_scale, positive["doctor"].doctor.reward_scale) == (8.0, 1.0)
     given = options_from_args(parser.parse_args(["conciseness", "--output", str(tmp_path), "--max-tokens", "64",
                                                  "--samples-per-prompt", "3"]))
     assert given.max_tokens == 64 and given.train_prompts == 96
@@ -133,7 +133,9 @@ def test_recipe_defaults_are_the_measured_winners(tmp_path):
     assert positive["rewards"].rewards.direction == "preference"
     assert positive["doctor"].doctor.learning_rate == positive["dpo"].alignment.learning_rate == 5e-4
     assert positive["eval"].doctor_mode == "ratio" and positive["eval"].betas == [1.0, 2.0, 4.0, 6.0]
-    assert concise["eval"].betas == [1.0, 2.0, 4.0, 8.0]
+    assert concise["eval"].betas == [0.25, 0.5, 1.0, 2.0]
+    # sigmoid DPO on sentence-cut pairs stops at the first token; IPO keeps a one-sentence answer
+    assert concise["dpo"].alignment.loss_type == "ipo" and positive["dpo"].alignment.loss_type == "sigmoid"
 
 
 def test_recipe_samples_per_prompt_below_one_exits_2(tmp_path, capsys):

@@ -29,15 +29,28 @@ RULED_OUT = -1e30  # the rule's value for a token the patient rules out: exp giv
 def combine_logprobs(
     patient_logprobs: torch.Tensor,  # (V,) or (B, V)
     doctor_logprobs: torch.Tensor,  # (D, V) or (B, D, V)
-    alpha: float | torch.Tensor,  # the patient's weight as computed: Guidance.rule_alpha (may be < 0)
-    betas: torch.Tensor,  # (D,) or (B, D)
+    alpha: float | torch.Tensor,  # the patient's weight as computed: Guidance.rule_alpha (may be < 0); or (B,)
+    betas: torch.Tensor,  # (D,) or (B, D): a batch pads rows with fewer doctors by beta 0 (and 0 log-probs)
 ) -> torch.Tensor:
-    """Return the re-normalised rule distribution as log-probs, shaped like `patient_logprobs`."""
+    """Return the re-normalised rule distribution as log-probs, shaped like `patient_logprobs`.
+
+    One call serves every guided row of a step: (B, V) patients, (B, D, V) doctors, (B,) alphas."""
+    if isinstance(alpha, torch.Tensor) and alpha.dim() == patient_logprobs.dim() - 1:
+        alpha = alpha.unsqueeze(-1)
     patient_logprobs = patient_logprobs.clamp(min=LOGPROB_FLOOR)
     doctor_logprobs = doctor_logprobs.clamp(min=LOGPROB_FLOOR)
     guided = alpha * patient_logprobs + (betas.unsqueeze(-1) * doctor_logprobs).sum(dim=-2)
     guided = guided.masked_fill(patient_logprobs <= LOGPROB_FLOOR, RULED_OUT)
     return torch.log_softmax(guided, dim=-1)
+
+
+def rule_weights(alphas: list[float], betas: list[tuple[float, ...]], device: torch.device | str = "cpu"
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights of a batch of guided rows as tensors: alpha (G,), betas (G, D) padded by 0 to the
+    most doctors any row has (DoctorRunner.logprobs pads their log-probs to the same width)."""
+    width = max(map(len, betas), default=0)
+    padded = torch.tensor([list(b) + [0.0] * (width - len(b)) for b in betas], dtype=torch.float32, device=device)
+    return torch.tensor(alphas, dtype=torch.float32, device=device), padded.view(len(betas), width)
 
 
 def logprobs_from_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -47,10 +47,29 @@ class DoctorRunner:
             return None
         return self.rows.step(plan)
 
-    def logprobs(self, result: StepLogits, request_id: str, doctors: Iterable[str]) -> torch.Tensor:
-        """The request's doctors' next-token log-probs, (D, V), in `doctors` order."""
-        rows = [result.index[self.key(request_id, name)] for name in doctors]
-        return logprobs_from_logits(result.logits[rows])
+    def logprobs(self, result: StepLogits, requests: list[tuple[str, tuple[str, ...]]],
+                 all_logprobs: torch.Tensor | None = None) -> torch.Tensor:
+        """Every request's doctors' next-token log-probs in one gather, (R, D, V) with D the most doctors
+        any request has; a request with fewer gets rows of 0 there (weigh them by beta 0).
+
+        `all_logprobs`: the result's log-softmax when the caller has it already (shared mode: the patient's).
+        """
+        if all_logprobs is None:
+            all_logprobs = logprobs_from_logits(result.logits)  # one log-softmax for every doctor row
+        width = max((len(doctors) for _, doctors in requests), default=0)
+        if width == 0:
+            return all_logprobs.new_zeros((len(requests), 0, all_logprobs.shape[-1]))
+        rows, valid = [], []
+        for request_id, doctors in requests:
+            indices = [result.index[self.key(request_id, name)] for name in doctors]
+            rows.extend(indices + [0] * (width - len(indices)))
+            valid.extend([True] * len(indices) + [False] * (width - len(indices)))
+        device = all_logprobs.device
+        gathered = all_logprobs.index_select(0, torch.tensor(rows, dtype=torch.long, device=device))
+        gathered = gathered.view(len(requests), width, -1)
+        # padding rows are someone else's (maybe NaN) row: zero them, so 0 * NaN cannot leak into this request
+        mask = torch.tensor(valid, device=device).view(len(requests), width, 1)
+        return gathered.masked_fill(~mask, 0.0)
 
     def row_keys(self, requests: Iterable[tuple[str, Iterable[str]]]) -> list[tuple[str, str, str]]:
         """The rows of (request id, doctors) pairs: what to remove when those requests end."""

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-import torch
-
 from llmdoctor.server.engine.protocol import FinishReason, GenerateRequest, TokenEvent, TokenLogprob
 
 
@@ -15,10 +13,10 @@ class Sequence:
     request: GenerateRequest
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
-    generator: torch.Generator
+    seed: int  # in [0, 2**64): the request's seed, or a random one; with the position it fixes each draw
     stop_ids: frozenset[int]
     doctors: tuple[str, ...]  # active doctors (beta != 0), in guidance order
-    betas: torch.Tensor  # (D,)
+    betas: tuple[float, ...]  # the active doctors' betas, in `doctors` order
     rule_alpha: float  # the patient's weight in the rule (Guidance.rule_alpha), fixed for the request
     output: list[int] = field(default_factory=list)
     admitted: bool = False

@@ -24,7 +24,7 @@ import torch
 
 from llmdoctor.server.adapter_folders import read_folder_for_engine
 from llmdoctor.server.engine.adapter_table import AdapterTable, wanted_adapters
-from llmdoctor.server.engine.decode_rule import combine_logprobs, logprobs_from_logits
+from llmdoctor.server.engine.decode_rule import combine_logprobs, logprobs_from_logits, rule_weights
 from llmdoctor.server.engine.doctor_runner import DoctorRunner
 from llmdoctor.server.engine.lora_host import LoraHost
 from llmdoctor.server.engine.model_checks import check_full_attention, check_same_vocabulary, eos_ids, max_model_len
@@ -38,7 +38,7 @@ from llmdoctor.server.engine.protocol import (
 )
 from llmdoctor.server.engine.request_checks import check_ratio_guidance, check_request
 from llmdoctor.server.engine.row_batch import RowBatch, StepLogits, StepPlan
-from llmdoctor.server.engine.sampling import sample_rows, top_logprobs
+from llmdoctor.server.engine.sampling import SamplingBatch, sample_rows, top_logprobs
 from llmdoctor.server.engine.sequence import Sequence
 from llmdoctor.server.errors import (
     EngineDeadError,
@@ -182,10 +182,10 @@ class TorchEngine:
             request=request,
             loop=asyncio.get_running_loop(),
             events=asyncio.Queue(),
-            generator=torch.Generator().manual_seed(seed),
+            seed=seed % 2**64,
             stop_ids=frozenset(stop),
             doctors=tuple(d.name for d in active),
-            betas=torch.tensor([d.beta for d in active], dtype=torch.float32),
+            betas=tuple(d.beta for d in active),
             rule_alpha=request.guidance.rule_alpha,
         )
 
@@ -302,20 +302,23 @@ class TorchEngine:
         patient = self.patient_rows.step(patient_plan)
         doctor = patient if self.doctors.shared else self.doctors.step(doctor_plan)
         patient_logprobs = logprobs_from_logits(patient.logits)  # (N, V), every row of the patient batch
-        # 3) the rule per request; rows it could not make finite fail alone; one batched draw for the rest
+        # 3) the rule for every guided row in one call; rows it could not make finite fail alone; one draw
         rows = torch.tensor([patient.index[seq.id] for seq in seqs], device=patient_logprobs.device)
         rule = patient_logprobs.index_select(0, rows)  # (R, V): unguided rows are the patient's own
-        for i, seq in enumerate(seqs):
-            if not seq.request.guidance.is_plain:
-                rule[i] = self._rule_logprobs(seq, rule[i], doctor)
-        finite = rule.isfinite().all(dim=-1).tolist()  # (R,): one transfer per step
+        guided = [i for i, seq in enumerate(seqs) if not seq.request.guidance.is_plain]
+        if guided:
+            rule[guided] = self._rule_logprobs([seqs[i] for i in guided], rule[guided], doctor, patient_logprobs)
+        params = [seq.request.sampling for seq in seqs]
+        batch = SamplingBatch.build([p.temperature for p in params], [p.top_k for p in params],
+                                    [p.top_p for p in params], [seq.seed for seq in seqs],
+                                    [len(seq.output) for seq in seqs], rule.device)
+        drawn = sample_rows(rule, batch)  # a row's token depends on its row alone, so a bad row spoils no other
+        tokens, finite = torch.stack([drawn, rule.isfinite().all(dim=-1).long()]).tolist()  # one transfer
         if not all(finite):
-            seqs, rule = self._fail_non_finite(seqs, rule, finite)
+            seqs, rule, tokens = self._fail_non_finite(seqs, rule, tokens, finite)
             if not seqs:
                 return
-        params = [seq.request.sampling for seq in seqs]
-        tokens = sample_rows(rule, [p.temperature for p in params], [p.top_k for p in params],
-                             [p.top_p for p in params], [seq.generator for seq in seqs])
+            params = [seq.request.sampling for seq in seqs]
         # 4) emit; finished requests leave the batch together (one cache compaction)
         finished = []
         for i, (seq, token) in enumerate(zip(seqs, tokens)):
@@ -328,14 +331,18 @@ class TorchEngine:
         self._steps += 1
         self._generated += len(seqs)
 
-    def _rule_logprobs(self, seq: Sequence, patient_logprobs: torch.Tensor, doctor: StepLogits | None) -> torch.Tensor:
-        """The decode rule for one guided request, (V,)."""
-        if seq.doctors:
-            doctor_logprobs = self.doctors.logprobs(doctor, seq.id, seq.doctors)  # (D, V)
+    def _rule_logprobs(self, seqs: list[Sequence], patient_logprobs: torch.Tensor, doctor: StepLogits | None,
+                       all_patient_logprobs: torch.Tensor) -> torch.Tensor:
+        """The decode rule for the guided requests `seqs`, (G, V), in one call: doctors padded by beta 0."""
+        if any(seq.doctors for seq in seqs):  # on a shared base the doctor rows' log-softmax is the patient's
+            doctor_logprobs = self.doctors.logprobs(doctor, [(seq.id, seq.doctors) for seq in seqs],
+                                                    all_patient_logprobs if self.doctors.shared else None)
+            doctor_logprobs = doctor_logprobs.to(patient_logprobs.device)
         else:
-            doctor_logprobs = patient_logprobs.new_zeros((0, patient_logprobs.shape[-1]))
-        betas = seq.betas.to(patient_logprobs.device)
-        return combine_logprobs(patient_logprobs, doctor_logprobs, seq.rule_alpha, betas)
+            doctor_logprobs = patient_logprobs.new_zeros((len(seqs), 0, patient_logprobs.shape[-1]))
+        alpha, betas = rule_weights([seq.rule_alpha for seq in seqs], [seq.betas for seq in seqs],
+                                    patient_logprobs.device)
+        return combine_logprobs(patient_logprobs, doctor_logprobs, alpha, betas)
 
     def _release(self, seqs: list[Sequence]) -> None:
         """Remove requests' rows and bookkeeping; free adapters whose unload waited on them."""
@@ -377,14 +384,14 @@ class TorchEngine:
             seq.emit((), finish="abort", error=error)
         self._release(seqs)
 
-    def _fail_non_finite(self, seqs: list[Sequence], rule: torch.Tensor, finite: list[bool]):
+    def _fail_non_finite(self, seqs: list[Sequence], rule: torch.Tensor, tokens: list[int], finite: list[int]):
         """End the requests whose rule row is NaN / inf (their model or doctor output was); keep the rest."""
         keep = [i for i, ok in enumerate(finite) if ok]
         bad = [seq for seq, ok in zip(seqs, finite) if not ok]
         logger.error("non-finite log-probs in the rows of %s; ending those requests", [seq.id for seq in bad])
         self._fail(bad, "engine error: the decode rule gave non-finite log-probs for this request "
                         "(NaN or inf in its patient or doctor output)")
-        return [seqs[i] for i in keep], rule[keep]
+        return [seqs[i] for i in keep], rule[keep], [tokens[i] for i in keep]
 
     def _restart_rows(self) -> None:
         """After a failed step the caches may be half-written: drop every row. Each running request rejoins

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from llmdoctor.server.engine.decode_rule import combine_logprobs, logprobs_from_logits
+from llmdoctor.server.engine.decode_rule import combine_logprobs, logprobs_from_logits, rule_weights
 from llmdoctor.server.engine.doctor_runner import DoctorRunner
 from llmdoctor.server.engine.lora_host import LoraHost
 from llmdoctor.server.engine.model_checks import check_full_attention, eos_ids
@@ -90,7 +90,6 @@ class GuidedRow:
 
     key: int  # ours: vLLM's logits processors are not told request ids
     guidance: RowGuidance
-    betas: torch.Tensor
     prompt: list[int]
     output: list[int]  # vLLM's live list of the request's sampled tokens
     fed: int = 0  # tokens the doctor rows hold (0: not joined)
@@ -133,8 +132,7 @@ class DoctorLogitsProcessor(LogitsProcessor):
             self._drop(index)  # an added request may replace the one at its index
             guidance = parse_guidance(params.extra_args)
             if guidance is not None:
-                betas = torch.tensor(guidance.betas, dtype=torch.float32)
-                self.rows[index] = GuidedRow(next(self.keys), guidance, betas, list(prompt or ()), output)
+                self.rows[index] = GuidedRow(next(self.keys), guidance, list(prompt or ()), output)
         for a, b, direction in batch_update.moved:
             row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
             if row_a is not None:
@@ -166,7 +164,7 @@ class DoctorLogitsProcessor(LogitsProcessor):
     def _apply(self, logits: torch.Tensor) -> torch.Tensor:
         # 1) bookkeeping: whose doctor rows leave or restart; who is guided this step
         ready = self._sync_rows()
-        # 2) one batched doctor forward for every guided request, then the rule row by row
+        # 2) one batched doctor forward for every guided request, then the rule for all of them in one call
         plan = self._plan(ready)
         try:
             result = self.host.runner.step(plan)
@@ -219,20 +217,20 @@ class DoctorLogitsProcessor(LogitsProcessor):
         return plan
 
     def _write_rule(self, logits: torch.Tensor, indices: list[int], result) -> None:
-        """Replace each guided row by the rule; rows that come out non-finite are blamed (ended)."""
-        runner = self.host.runner
-        for index in indices:
-            row = self.rows[index]
-            patient = logprobs_from_logits(logits[index])
-            if row.guidance.doctors:
-                doctors = runner.logprobs(result, row.key, row.guidance.doctors).to(patient.device)
-            else:
-                doctors = patient.new_zeros((0, patient.shape[-1]))
-            rule = combine_logprobs(patient, doctors, row.guidance.alpha, row.betas.to(patient.device))
-            logits[index] = rule.to(logits.dtype)
+        """Replace the guided rows by the rule, all in one call; rows that come out non-finite are blamed."""
         if not indices:
             return
-        finite = logits[indices].isfinite().all(dim=-1).tolist()  # (R,): one transfer per step
+        rows = [self.rows[index] for index in indices]
+        patient = logprobs_from_logits(logits[indices])  # (G, V)
+        if any(row.guidance.doctors for row in rows):
+            doctors = self.host.runner.logprobs(result, [row.doctor_rows for row in rows]).to(patient.device)
+        else:
+            doctors = patient.new_zeros((len(rows), 0, patient.shape[-1]))
+        alpha, betas = rule_weights([row.guidance.alpha for row in rows], [row.guidance.betas for row in rows],
+                                    patient.device)
+        rule = combine_logprobs(patient, doctors, alpha, betas)
+        logits[indices] = rule.to(logits.dtype)
+        finite = rule.isfinite().all(dim=-1).tolist()  # (G,): one transfer per step
         for index, ok in zip(indices, finite):
             if not ok:
                 logger.error("non-finite rule log-probs in batch row %d; ending that request", index)

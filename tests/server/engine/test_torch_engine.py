@@ -6,6 +6,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from llmdoctor.server.engine.decode_rule import combine_logprobs
+from llmdoctor.server.engine.sampling import SamplingBatch, sample_rows
 from llmdoctor.server.engine.protocol import DoctorWeight, GenerateRequest, Guidance, SamplingParams
 from llmdoctor.server.errors import ContextOverflowError, InvalidRequestError, NotFoundError
 from tests.server.engine.engine_calls import collect as _collect
@@ -128,6 +129,26 @@ async def test_out_of_vocabulary_prompt_is_refused(engine):
     request = GenerateRequest("oov", (engine.vocab_size + 5,), SamplingParams(max_tokens=2))
     with pytest.raises(InvalidRequestError):
         await _collect(engine, request)
+
+
+async def test_seeded_guided_draws_equal_a_direct_computation_alone_and_in_company(
+        engine, hf_model, tokenizer, reference_doctors):
+    """Each token is sample_rows over the rule from full-sequence forwards, at the request's seed and
+    position; a batch of other requests (other seeds, guidance, top-k / top-p) changes nothing."""
+    guidance = Guidance(alpha=0.9, doctors=(DoctorWeight("cheerful", 0.8), DoctorWeight("terse", 0.4)))
+    params = dict(temperature=0.8, top_k=40, top_p=0.9, seed=2**64 - 5, max_tokens=10)
+    request = _request(tokenizer, PROMPTS[1], guidance, **params)
+    tokens, _, _ = await _collect(engine, request)
+    rule, _ = _reference_rule_logprobs(hf_model, reference_doctors, request.prompt_token_ids, tokens, 0.9, [0.8, 0.4])
+    n = len(tokens)
+    batch = SamplingBatch.build([0.8] * n, [40] * n, [0.9] * n, [2**64 - 5] * n, list(range(n)))
+    assert sample_rows(rule, batch).tolist() == tokens
+
+    company = [_request(tokenizer, PROMPTS[0], temperature=1.0, seed=s, max_tokens=10) for s in range(3)]
+    company.append(_request(tokenizer, PROMPTS[2], Guidance(doctors=(DoctorWeight("terse", 1.5),)), max_tokens=4))
+    together = await asyncio.gather(_collect(engine, _request(tokenizer, PROMPTS[1], guidance, **params)),
+                                    *(_collect(engine, r) for r in company))
+    assert together[0][0] == tokens
 
 
 async def test_staggered_joins_get_the_same_tokens_as_alone(engine, tokenizer):

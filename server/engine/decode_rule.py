@@ -28,7 +28,7 @@ RULED_OUT = -1e30  # the rule's value for a token the patient rules out: exp giv
 
 def combine_logprobs(
     patient_logprobs: torch.Tensor,  # (V,) or (B, V)
-    doctor_logprobs: torch.Tensor,  # (D, V) or (B, D, V)
+    doctor_logprobs: torch.Tensor | None,  # (D, V) or (B, D, V); None: no doctor term (alpha only)
     alpha: float | torch.Tensor,  # the patient's weight as computed: Guidance.rule_alpha (may be < 0); or (B,)
     betas: torch.Tensor,  # (D,) or (B, D): a batch pads rows with fewer doctors by beta 0 (and 0 log-probs)
 ) -> torch.Tensor:
@@ -38,8 +38,10 @@ def combine_logprobs(
     if isinstance(alpha, torch.Tensor) and alpha.dim() == patient_logprobs.dim() - 1:
         alpha = alpha.unsqueeze(-1)
     patient_logprobs = patient_logprobs.clamp(min=LOGPROB_FLOOR)
-    doctor_logprobs = doctor_logprobs.clamp(min=LOGPROB_FLOOR)
-    guided = alpha * patient_logprobs + (betas.unsqueeze(-1) * doctor_logprobs).sum(dim=-2)
+    guided = alpha * patient_logprobs
+    if doctor_logprobs is not None:
+        doctor_logprobs = doctor_logprobs.to(patient_logprobs.device).clamp(min=LOGPROB_FLOOR)
+        guided = guided + (betas.unsqueeze(-1) * doctor_logprobs).sum(dim=-2)
     guided = guided.masked_fill(patient_logprobs <= LOGPROB_FLOOR, RULED_OUT)
     return torch.log_softmax(guided, dim=-1)
 

@@ -47,18 +47,19 @@ class DoctorRunner:
             return None
         return self.rows.step(plan)
 
-    def logprobs(self, result: StepLogits, requests: list[tuple[str, tuple[str, ...]]],
-                 all_logprobs: torch.Tensor | None = None) -> torch.Tensor:
+    def logprobs(self, result: StepLogits | None, requests: list[tuple[str, tuple[str, ...]]],
+                 all_logprobs: torch.Tensor | None = None) -> torch.Tensor | None:
         """Every request's doctors' next-token log-probs in one gather, (R, D, V) with D the most doctors
-        any request has; a request with fewer gets rows of 0 there (weigh them by beta 0).
+        any request has; a request with fewer gets rows of 0 there (weigh them by beta 0). None when no
+        request has a doctor (alpha-only guidance): `combine_logprobs` takes that as no doctor term.
 
         `all_logprobs`: the result's log-softmax when the caller has it already (shared mode: the patient's).
         """
-        if all_logprobs is None:
-            all_logprobs = logprobs_from_logits(result.logits)  # one log-softmax for every doctor row
         width = max((len(doctors) for _, doctors in requests), default=0)
         if width == 0:
-            return all_logprobs.new_zeros((len(requests), 0, all_logprobs.shape[-1]))
+            return None
+        if all_logprobs is None:
+            all_logprobs = logprobs_from_logits(result.logits)  # one log-softmax for every doctor row
         rows, valid = [], []
         for request_id, doctors in requests:
             indices = [result.index[self.key(request_id, name)] for name in doctors]

@@ -13,7 +13,7 @@ class Sequence:
     request: GenerateRequest
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
-    seed: int  # in [0, 2**64): the request's seed, or a random one; with the position it fixes each draw
+    seed: int  # the request's seed, or a random one; with the position it fixes each draw (sampling.py)
     stop_ids: frozenset[int]
     doctors: tuple[str, ...]  # active doctors (beta != 0), in guidance order
     betas: tuple[float, ...]  # the active doctors' betas, in `doctors` order

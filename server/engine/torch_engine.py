@@ -182,7 +182,7 @@ class TorchEngine:
             request=request,
             loop=asyncio.get_running_loop(),
             events=asyncio.Queue(),
-            seed=seed % 2**64,
+            seed=seed,
             stop_ids=frozenset(stop),
             doctors=tuple(d.name for d in active),
             betas=tuple(d.beta for d in active),
@@ -334,12 +334,9 @@ class TorchEngine:
     def _rule_logprobs(self, seqs: list[Sequence], patient_logprobs: torch.Tensor, doctor: StepLogits | None,
                        all_patient_logprobs: torch.Tensor) -> torch.Tensor:
         """The decode rule for the guided requests `seqs`, (G, V), in one call: doctors padded by beta 0."""
-        if any(seq.doctors for seq in seqs):  # on a shared base the doctor rows' log-softmax is the patient's
-            doctor_logprobs = self.doctors.logprobs(doctor, [(seq.id, seq.doctors) for seq in seqs],
-                                                    all_patient_logprobs if self.doctors.shared else None)
-            doctor_logprobs = doctor_logprobs.to(patient_logprobs.device)
-        else:
-            doctor_logprobs = patient_logprobs.new_zeros((len(seqs), 0, patient_logprobs.shape[-1]))
+        # on a shared base the doctor rows' log-softmax is already in the patient's
+        doctor_logprobs = self.doctors.logprobs(doctor, [(seq.id, seq.doctors) for seq in seqs],
+                                                all_patient_logprobs if self.doctors.shared else None)
         alpha, betas = rule_weights([seq.rule_alpha for seq in seqs], [seq.betas for seq in seqs],
                                     patient_logprobs.device)
         return combine_logprobs(patient_logprobs, doctor_logprobs, alpha, betas)

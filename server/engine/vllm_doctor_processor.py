@@ -222,10 +222,7 @@ class DoctorLogitsProcessor(LogitsProcessor):
             return
         rows = [self.rows[index] for index in indices]
         patient = logprobs_from_logits(logits[indices])  # (G, V)
-        if any(row.guidance.doctors for row in rows):
-            doctors = self.host.runner.logprobs(result, [row.doctor_rows for row in rows]).to(patient.device)
-        else:
-            doctors = patient.new_zeros((len(rows), 0, patient.shape[-1]))
+        doctors = self.host.runner.logprobs(result, [row.doctor_rows for row in rows])
         alpha, betas = rule_weights([row.guidance.alpha for row in rows], [row.guidance.betas for row in rows],
                                     patient.device)
         rule = combine_logprobs(patient, doctors, alpha, betas)

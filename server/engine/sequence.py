@@ -18,6 +18,7 @@ class Sequence:
     doctors: tuple[str, ...]  # active doctors (beta != 0), in guidance order
     betas: tuple[float, ...]  # the active doctors' betas, in `doctors` order
     rule_alpha: float  # the patient's weight in the rule (Guidance.rule_alpha), fixed for the request
+    pinned: tuple[str, ...] = ()  # adapter names admission pinned for it (Admission.admit)
     output: list[int] = field(default_factory=list)
     admitted: bool = False
     finished: bool = False
@@ -30,11 +31,6 @@ class Sequence:
     def prefix(self) -> tuple[int, ...]:
         """Prompt and output so far: what a joining (or restarted) row prefills."""
         return tuple(self.request.prompt_token_ids) + tuple(self.output)
-
-    @property
-    def pinned(self) -> list[str]:
-        """Adapter names this request holds in the AdapterTable."""
-        return ([self.request.adapter] if self.request.adapter else []) + list(self.doctors)
 
     def emit(self, tokens: tuple[int, ...], logprobs: tuple[TokenLogprob, ...] | None = None,
              finish: FinishReason | None = None, error: str | None = None) -> None:

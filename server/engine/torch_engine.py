@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from llmdoctor.server.adapter_folders import read_folder_for_engine
-from llmdoctor.server.engine.adapter_table import AdapterTable, wanted_adapters
+from llmdoctor.server.engine.admission import Admission
+from llmdoctor.server.engine.adapter_table import AdapterTable
 from llmdoctor.server.engine.decode_rule import combine_logprobs, logprobs_from_logits, rule_weights
 from llmdoctor.server.engine.doctor_runner import DoctorRunner
 from llmdoctor.server.engine.lora_host import LoraHost
@@ -36,15 +37,9 @@ from llmdoctor.server.engine.protocol import (
     TokenEvent,
     TokenLogprob,
 )
-from llmdoctor.server.engine.request_checks import check_ratio_guidance, check_request
 from llmdoctor.server.engine.row_batch import RowBatch, StepLogits, StepPlan
 from llmdoctor.server.engine.sampling import SamplingBatch, sample_rows, top_logprobs
 from llmdoctor.server.engine.sequence import Sequence
-from llmdoctor.server.errors import (
-    EngineDeadError,
-    InvalidRequestError,
-    QueueFullError,
-)
 from llmdoctor.server.model_store import ResolvedModel
 
 logger = logging.getLogger(__name__)
@@ -76,13 +71,13 @@ class TorchEngine:
         self.eos_token_ids: tuple[int, ...] = ()
         self.vocab_size = 0
         self.table = AdapterTable(reserved_names=(model.name,))
+        self.admission = Admission(self.table, max_batch, max_queue)
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._waiting: deque[Sequence] = deque()
         self._running: dict[str, Sequence] = {}
         self._all: dict[str, Sequence] = {}  # submitted and not finished, by request id
-        self._lock = threading.Lock()  # guards _all for the asyncio side's queue-depth checks
+        self._lock = threading.Lock()  # guards _all: the asyncio side adds, the engine thread removes
         self._rng = random.Random()
-        self._accepting = False
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._steps = 0
@@ -93,7 +88,7 @@ class TorchEngine:
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load_models)
-        self._accepting = True
+        self.admission.accepting = True
         self._thread = threading.Thread(target=self._run, name="llmdoctor-engine", daemon=True)
         self._thread.start()
 
@@ -125,7 +120,7 @@ class TorchEngine:
 
     async def shutdown(self, grace_seconds: float = 10.0) -> None:
         """Stop admitting; let in-flight requests finish for up to `grace_seconds`, then end them."""
-        self._accepting = False
+        self.admission.accepting = False
         deadline = time.monotonic() + grace_seconds
         while self._all and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -152,27 +147,14 @@ class TorchEngine:
         self._post(lambda: self._abort(request_id, None))
 
     def _submit(self, request: GenerateRequest) -> Sequence:
-        if not self._accepting:
-            raise EngineDeadError("the engine is not running (starting up or shutting down)")
-        self._validate(request)
+        pinned = self.admission.admit(request, self.vocab_size, self.max_model_len, self.doctors.shared)
+        seq = self._new_sequence(request, pinned)
         with self._lock:
-            if request.request_id in self._all:
-                raise InvalidRequestError(f"request id '{request.request_id}' is already running", "request_id")
-            # Running + waiting, as vllm_engine counts: requests not yet moved into free batch slots by
-            # the loop thread are not waiting (an n > max_queue call on an idle engine would get a 503).
-            if len(self._all) >= self.max_batch + self.max_queue:
-                raise QueueFullError(f"the queue is full ({self.max_queue} waiting requests); retry later")
-            seq = self._new_sequence(request)
-            self.table.pin([(n, k, p) for n, k, p in wanted_adapters(request)])
             self._all[request.request_id] = seq
         self._post(lambda: self._waiting.append(seq))
         return seq
 
-    def _validate(self, request: GenerateRequest) -> None:
-        check_request(request, self.vocab_size, self.max_model_len)
-        check_ratio_guidance(request, self.doctors.shared)
-
-    def _new_sequence(self, request: GenerateRequest) -> Sequence:
+    def _new_sequence(self, request: GenerateRequest, pinned: list[str]) -> Sequence:
         active = request.guidance.active
         seed = request.sampling.seed if request.sampling.seed is not None else self._rng.getrandbits(63)
         stop = set(request.sampling.stop_token_ids)
@@ -187,6 +169,7 @@ class TorchEngine:
             doctors=tuple(d.name for d in active),
             betas=tuple(d.beta for d in active),
             rule_alpha=request.guidance.rule_alpha,
+            pinned=tuple(pinned),
         )
 
     def stats(self) -> EngineStats:
@@ -354,7 +337,7 @@ class TorchEngine:
             self._running.pop(seq.id, None)
             with self._lock:
                 self._all.pop(seq.id, None)
-            for name in self.table.unpin(seq.pinned):  # leaving adapters nobody uses now
+            for name in self.admission.finish(seq.id, list(seq.pinned)):  # leaving adapters nobody uses now
                 host = self.patient_rows.host if name == seq.request.adapter else self.doctors.host
                 try:
                     host.unload(name)

@@ -14,6 +14,12 @@ doctor base in this process. Each guided request has one doctor row per doctor, 
 cache, fed every step with the token vLLM actually sampled (read from the live output list vLLM
 hands us). Doctor adapters arrive at run time through `collective_rpc` into `DoctorWorkerExtension`.
 
+The doctor forward overlaps the patient's: vLLM calls `update_state` at the start of every step,
+before its forward, when the tokens sampled last step are already in the output lists. The doctor
+step is planned there and run on a thread of its own; `apply` (after vLLM's forward) waits for it
+and writes the rule. Both forwards read the same tokens, so the result is the one a serial step
+gives; only the wall time changes.
+
 Failures stay with the requests that cause them (issue 15.1): a guided row whose rule comes out NaN/inf,
 or whose doctor forward fails again when retried alone after a failed batched forward, is "blamed". A
 logits processor cannot abort a request, so a blamed row is forced to the EOS token from then on: it ends
@@ -25,6 +31,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -57,18 +66,40 @@ class DoctorHost:
                              "doctors must share the patient's vocabulary")
         eos = eos_ids(model.generation_config, model.config)
         self.runner = DoctorRunner(RowBatch(LoraHost(model), eos[0] if eos else 0, dtype), shared=False)
+        self.lock = threading.Lock()  # one doctor step or adapter change at a time
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="llmdoctor-doctors", initializer=_doctor_thread_setup,
+                                       initargs=(device.type == "cpu",))
         logger.info("doctor runner ready in the vLLM engine process: base %s on %s", folder, device)
+
+    def step(self, plan: StepPlan):
+        with self.lock:
+            return self.runner.step(plan)
 
     def load(self, name: str, config: dict, weights: bytes) -> None:
         """Build doctor `name` from checked bytes (the engine checked them; all or nothing)."""
-        self.runner.host.load(name, config, weights)
+        with self.lock:
+            self.runner.host.load(name, config, weights)
 
     def unload(self, name: str) -> None:
-        if name in self.runner.host.names():  # also called to undo a load that failed
-            self.runner.host.unload(name)
+        with self.lock:
+            if name in self.runner.host.names():  # also called to undo a load that failed
+                self.runner.host.unload(name)
 
     def names(self) -> list[str]:
         return self.runner.host.names()
+
+
+def _doctor_thread_setup(on_cpu: bool) -> None:
+    """Autograd off, as in vLLM's own thread (the mode is per thread). On CPUs vLLM pins its worker to its
+    compute cores and leaves the others to its own processes; the doctor thread takes the cores the
+    parent process (vLLM's engine core) may use, so it can overlap the patient's forward and still keeps
+    within whatever taskset or cgroup the operator set."""
+    torch.set_grad_enabled(False)
+    if on_cpu and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, os.sched_getaffinity(os.getppid()))  # 0: this thread
+        except OSError:  # the parent is gone or not ours to read: stay where vLLM put us
+            pass
 
 
 _HOST: DoctorHost | None = None
@@ -104,6 +135,16 @@ class GuidedRow:
         return self.key, self.guidance.doctors
 
 
+@dataclass
+class Prepared:
+    """A step's doctor work: the batch indices it guides, their rows, the plan, its running forward."""
+
+    indices: list[int]
+    rows: list[GuidedRow]
+    plan: StepPlan
+    future: Future | None
+
+
 class DoctorLogitsProcessor(LogitsProcessor):
     @classmethod
     def validate_params(cls, sampling_params) -> None:
@@ -116,6 +157,7 @@ class DoctorLogitsProcessor(LogitsProcessor):
         self.leaving: list[GuidedRow] = []  # their doctor rows go at the next step
         self.keys = itertools.count()
         self.ending: list[int] = []  # batch indices of blamed rows, this step
+        self.prepared: Prepared | None = None  # this step's doctor step, started by update_state
         base = self.host.runner.host.base
         eos = eos_ids(base.generation_config, base.config)
         self.end_token = eos[0] if eos else None  # what a blamed row is forced to (None: left unguided)
@@ -124,8 +166,21 @@ class DoctorLogitsProcessor(LogitsProcessor):
         return False  # the rule changes the argmax: greedy requests must come through apply
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
-        if batch_update is None:
+        """Called at the start of every step, before vLLM's forward: follow the batch, then start the doctor
+        step of this step on the doctor thread (see the module docstring)."""
+        self._settle()
+        if batch_update is not None:
+            self._follow(batch_update)
+        if not self.rows and not self.leaving:
             return
+        try:
+            self.prepared = self._prepare(launch=True)
+        except Exception:
+            logger.exception("planning the doctor step failed; guided rows rejoin")
+            self._reset_doctor_rows()
+            self.leaving.clear()
+
+    def _follow(self, batch_update: BatchUpdate) -> None:
         for index in batch_update.removed:
             self._drop(index)
         for index, params, prompt, output in batch_update.added:
@@ -148,8 +203,32 @@ class DoctorLogitsProcessor(LogitsProcessor):
         if row is not None:
             self.leaving.append(row)
 
+    def _prepare(self, launch: bool) -> Prepared:
+        """Bookkeeping (whose doctor rows leave or restart, who is guided this step), the doctor plan, and,
+        with `launch`, its forward started on the doctor thread."""
+        ready = self._sync_rows()
+        plan = self._plan(ready)
+        future = self.host.pool.submit(self.host.step, plan) if launch and (plan.join or plan.feed) else None
+        return Prepared(ready, [self.rows[i] for i in ready], plan, future)
+
+    def _settle(self) -> None:
+        """Undo a doctor step whose `apply` never came (vLLM ran `update_state` but sampled nothing): its doctor
+        rows hold a position the patient has not reached, so they leave and rejoin with the whole prefix."""
+        prepared, self.prepared = self.prepared, None
+        if prepared is None:
+            return
+        if prepared.future is not None:
+            try:
+                prepared.future.result()
+            except Exception:  # noqa: BLE001 - every doctor row rejoins afresh below
+                self._reset_doctor_rows()
+        fed = [row for row in prepared.rows if row.fed]
+        self.host.runner.leave([row.doctor_rows for row in fed])
+        for row in fed:
+            row.fed = 0
+
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        if not self.rows and not self.leaving:
+        if self.prepared is None and not self.rows and not self.leaving:
             return logits
         try:
             return self._apply(logits)
@@ -157,17 +236,19 @@ class DoctorLogitsProcessor(LogitsProcessor):
             # Last resort for a fault outside the doctor forward (which _apply blames per row): vLLM would
             # declare the whole engine dead. Start the doctor rows afresh; this step's rows go unguided.
             logger.exception("the doctor step failed outside the forward; guided rows go unguided this step")
+            self._settle()
             self._reset_doctor_rows()
             self.leaving.clear()
             return logits
 
     def _apply(self, logits: torch.Tensor) -> torch.Tensor:
-        # 1) bookkeeping: whose doctor rows leave or restart; who is guided this step
-        ready = self._sync_rows()
+        # 1) the doctor step update_state started (or, if it did not, this step's, run here)
+        prepared = self.prepared if self.prepared is not None else self._prepare(launch=False)
+        self.prepared = None
+        ready, plan, future = prepared.indices, prepared.plan, prepared.future
         # 2) one batched doctor forward for every guided request, then the rule for all of them in one call
-        plan = self._plan(ready)
         try:
-            result = self.host.runner.step(plan)
+            result = future.result() if future is not None else self.host.step(plan)
         except Exception:  # noqa: BLE001 - blamed below, row by row
             logger.exception("the doctor forward failed; retrying its requests one at a time")
             self._reset_doctor_rows()
@@ -238,7 +319,7 @@ class DoctorLogitsProcessor(LogitsProcessor):
         fails again is blamed; the others are guided as usual (and rejoin together next step)."""
         for index in indices:
             try:
-                result = self.host.runner.step(self._plan([index]))
+                result = self.host.step(self._plan([index]))
             except Exception:  # noqa: BLE001 - the fault follows this request: blame it
                 logger.exception("the doctor forward failed again for batch row %d alone; ending that request", index)
                 self._reset_doctor_rows()

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from llmdoctor.server.adapter_contents import CONFIG_FILE, WEIGHTS_FILE
 from llmdoctor.server.adapter_folders import read_folder_for_engine
-from llmdoctor.server.engine.adapter_table import AdapterTable, wanted_adapters
+from llmdoctor.server.engine.admission import Admission
+from llmdoctor.server.engine.adapter_table import AdapterTable
 from llmdoctor.server.engine.model_checks import check_same_vocabulary, eos_ids, max_model_len
 from llmdoctor.server.engine.protocol import (
     AdapterInfo,
@@ -35,9 +36,8 @@ from llmdoctor.server.engine.protocol import (
     TokenEvent,
     TokenLogprob,
 )
-from llmdoctor.server.engine.request_checks import check_ratio_guidance, check_request
 from llmdoctor.server.engine.vllm_guidance import guidance_extra_args
-from llmdoctor.server.errors import AdapterError, EngineDeadError, InvalidRequestError, QueueFullError
+from llmdoctor.server.errors import AdapterError
 from llmdoctor.server.model_store import ResolvedModel
 
 logger = logging.getLogger(__name__)
@@ -87,10 +87,9 @@ class VllmEngine:
         self.vocab_size = 0
         self.eos_token_ids: tuple[int, ...] = ()
         self.table = AdapterTable(reserved_names=(model.name,))
+        self.admission = Admission(self.table, max_batch, max_queue)
         self._loras: dict[str, object] = {}  # patient adapter name -> its LoRARequest
         self._lora_ids = itertools.count(1)
-        self._inflight: set[str] = set()
-        self._accepting = False
         self._llm = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -119,7 +118,7 @@ class VllmEngine:
         except BaseException:
             self._stop_loop()
             raise
-        self._accepting = True
+        self.admission.accepting = True
 
     async def _build(self) -> None:
         _set_vllm_environment(self.on_gpu)
@@ -153,16 +152,16 @@ class VllmEngine:
 
     @property
     def healthy(self) -> bool:
-        return self._accepting and self._llm is not None and not self._llm.errored
+        return self.admission.accepting and self._llm is not None and not self._llm.errored
 
     async def shutdown(self, grace_seconds: float = 10.0) -> None:
-        self._accepting = False
+        self.admission.accepting = False
         deadline = asyncio.get_running_loop().time() + grace_seconds
-        while self._inflight and asyncio.get_running_loop().time() < deadline:
+        while len(self.admission) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         if self._llm is not None:
-            if self._inflight:
-                await self._on_engine_loop(self._llm.abort(list(self._inflight)))
+            if len(self.admission):
+                await self._on_engine_loop(self._llm.abort(self.admission.inflight()))
             await asyncio.to_thread(self._llm.shutdown)
             self._llm = None
         for lora in self._loras.values():  # the private staging copies (stage_adapter) go with the engine
@@ -184,8 +183,7 @@ class VllmEngine:
     # ---------------------------------------------------------------- requests
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
-        wanted = wanted_adapters(request)
-        self._admit(request, wanted)
+        pinned = self.admission.admit(request, self.vocab_size, self.max_model_len, self._doctor_source is None)
         events: asyncio.Queue[TokenEvent] = asyncio.Queue()
         ours = asyncio.get_running_loop()
         pump = asyncio.run_coroutine_threadsafe(self._pump(request, events, ours), self._loop)
@@ -200,21 +198,7 @@ class VllmEngine:
         finally:
             if not finished:  # the consumer went away: cancelling the pump makes vLLM abort the request
                 pump.cancel()
-            self._inflight.discard(request.request_id)
-            await self._release([name for name, _, _ in wanted])
-
-    def _admit(self, request: GenerateRequest, wanted: list) -> None:
-        """Refuse what cannot run; else count the request in and pin its adapters (both undone on exit)."""
-        if not self._accepting:
-            raise EngineDeadError("the engine is not running (starting up or shutting down)")
-        check_request(request, self.vocab_size, self.max_model_len)
-        check_ratio_guidance(request, self._doctor_source is None)
-        if request.request_id in self._inflight:
-            raise InvalidRequestError(f"request id '{request.request_id}' is already running", "request_id")
-        if len(self._inflight) - self.max_batch >= self.max_queue:
-            raise QueueFullError(f"the queue is full ({self.max_queue} waiting requests); retry later")
-        self.table.pin(wanted)  # raises NotFoundError for an adapter that is not loaded
-        self._inflight.add(request.request_id)
+            await self._free_leaving(self.admission.finish(request.request_id, pinned))
 
     async def _pump(self, request: GenerateRequest, events: asyncio.Queue, ours: asyncio.AbstractEventLoop) -> None:
         """On vLLM's loop: drive one request and hand its events to the caller's loop."""
@@ -244,7 +228,7 @@ class VllmEngine:
                             error=f"engine error: {exc}"))
 
     async def abort(self, request_id: str) -> None:
-        if request_id in self._inflight and self._llm is not None:
+        if request_id in self.admission.inflight() and self._llm is not None:
             await self._on_engine_loop(self._llm.abort(request_id))
 
     def stats(self) -> EngineStats:
@@ -309,11 +293,11 @@ class VllmEngine:
             if info is not None:
                 await self._free(info.name, info.kind)
 
-    async def _release(self, names: list[str]) -> None:
-        kinds = {name: ("patient" if name in self._loras else "doctor") for name in names}
-        for name in self.table.unpin(names):  # leaving adapters nobody uses now
+    async def _free_leaving(self, names: list[str]) -> None:
+        """Free unloaded adapters whose last user just finished."""
+        for name in names:
             try:
-                await self._free(name, kinds[name])
+                await self._free(name, "patient" if name in self._loras else "doctor")
             finally:
                 self.table.done(name)
 

@@ -112,6 +112,37 @@ def test_rows_with_and_without_doctors_share_one_rule_call(processor, reference_
         check_step(processor, reference_doctor, {0: a, 1: f, 2: g})
 
 
+def test_the_doctor_step_starts_in_update_state_on_its_own_thread(processor, reference_doctor, monkeypatch):
+    """vLLM calls update_state before its forward: the doctor forward starts there, on the doctor thread, so
+    it overlaps the patient's; apply then waits for it. The rows still equal the rule computed from scratch."""
+    import threading
+
+    threads = []
+    step = processor.host.step
+    monkeypatch.setattr(processor.host, "step", lambda plan: threads.append(threading.current_thread().name)
+                        or step(plan))
+    a = Request([1, 504, 3458, 282], GUIDED)
+    processor.update_state(BatchUpdate(1, removed=[], added=[a.added(0)], moved=[]))
+    assert processor.prepared is not None and processor.prepared.future is not None
+    check_step(processor, reference_doctor, {0: a})
+    processor.update_state(None)
+    check_step(processor, reference_doctor, {0: a})
+    assert len(threads) == 2 and all(name.startswith("llmdoctor-doctors") for name in threads)
+
+
+def test_a_step_vllm_does_not_sample_leaves_the_next_step_exact(processor, reference_doctor):
+    """vLLM runs update_state and then returns early when a step schedules nothing: the doctor step started
+    for it is undone, and the next step's rule is still the one computed from scratch."""
+    a, b = Request([1, 504, 3458, 282], GUIDED), Request([1, 2683, 17], GUIDED)
+    processor.update_state(BatchUpdate(2, removed=[], added=[a.added(0), b.added(1)], moved=[]))
+    check_step(processor, reference_doctor, {0: a, 1: b})
+    processor.update_state(None)  # a step with nothing sampled: no apply
+    processor.update_state(None)
+    check_step(processor, reference_doctor, {0: a, 1: b})
+    processor.update_state(None)
+    check_step(processor, reference_doctor, {0: a, 1: b})
+
+
 def test_a_batch_without_guided_rows_is_returned_as_is(processor):
     plain = Request([1, 2, 3], Guidance())
     processor.update_state(BatchUpdate(1, removed=[], added=[plain.added(0)], moved=[]))

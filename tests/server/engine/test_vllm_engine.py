@@ -174,7 +174,7 @@ async def test_abort_ends_the_stream_with_abort_and_refusals_leave_nothing_behin
     assert events[-1].finish_reason == "abort" and len(events) < 199
     with pytest.raises(NotFoundError):
         await _collect(vllm_engine, _request(tokenizer, PROMPTS[0], Guidance(doctors=(DoctorWeight("nobody", 1),))))
-    assert not vllm_engine._inflight and vllm_engine.table.users("cheerful") == 0
+    assert not len(vllm_engine.admission) and vllm_engine.table.users("cheerful") == 0
 
 
 async def test_stats_count_what_vllm_scheduled(vllm_engine, tokenizer):

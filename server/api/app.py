@@ -22,6 +22,7 @@ from llmdoctor.server.api import (
     routes_completions,
     routes_health,
     routes_models,
+    routes_tokenize,
 )
 from llmdoctor.server.api.auth import ApiKeyMiddleware, is_protected
 from llmdoctor.server.api.dependencies import Services
@@ -37,6 +38,7 @@ from llmdoctor.server.api.serving_adapters import AdaptersService
 from llmdoctor.server.api.serving_chat import ChatService
 from llmdoctor.server.api.serving_completions import CompletionsService
 from llmdoctor.server.api.serving_models import ModelsService
+from llmdoctor.server.api.serving_tokenize import TokenizeService
 from llmdoctor.server.api.text_validation import reject_invalid_text
 from llmdoctor.server.config import ConfigError, ServerSettings
 from llmdoctor.server.engine.protocol import Engine
@@ -44,7 +46,7 @@ from llmdoctor.server.errors import LLMDoctorError
 
 logger = logging.getLogger(__name__)
 
-ROUTERS = (routes_completions, routes_chat, routes_models, routes_adapters, routes_health)
+ROUTERS = (routes_completions, routes_chat, routes_models, routes_tokenize, routes_adapters, routes_health)
 
 
 def create_app(settings: ServerSettings, engine: Engine | None = None, *, started_at: float | None = None) -> FastAPI:
@@ -100,6 +102,7 @@ async def build_services(engine: Engine, settings: ServerSettings, metrics: Serv
         adapters=AdaptersService(engine, settings.adapter_root, settings.max_lora_rank),
         completions=CompletionsService(models, prompts, generation, token_text),
         chat=ChatService(models, prompts, generation, token_text),
+        tokenize=TokenizeService(models, prompts),
     )
 
 

@@ -1,4 +1,5 @@
-"""Optional API key: every /v1 route needs `Authorization: Bearer KEY`; with --auth-all-routes, every
+"""Optional API key: every /v1 route needs `Authorization: Bearer KEY`, and so do /tokenize and /detokenize
+(vLLM's paths; they do the model's work, tokenising up to --max-request-bytes); with --auth-all-routes, every
 route but /health does (/metrics, /docs, /redoc, /openapi.json, unknown paths). /health stays open
 for load balancers.
 
@@ -19,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from llmdoctor.server.api.errors import AuthenticationError, error_response
 
 PROTECTED_PREFIX = "/v1"
+PROTECTED_PATHS = frozenset({"/tokenize", "/detokenize"})
 OPEN_PATHS = frozenset({"/health"})  # open even with --auth-all-routes: load balancers probe it keyless
 SCHEME = b"bearer"
 
@@ -52,7 +54,7 @@ def is_protected(path: str, all_routes: bool) -> bool:
     """Whether the key guards `path` (also what openapi.json declares as needing it)."""
     if all_routes:
         return path not in OPEN_PATHS
-    return path.startswith(PROTECTED_PREFIX)
+    return path.startswith(PROTECTED_PREFIX) or path in PROTECTED_PATHS
 
 
 def bearer_token(header: bytes) -> bytes:

@@ -13,6 +13,7 @@ from llmdoctor.server.api.serving_adapters import AdaptersService
 from llmdoctor.server.api.serving_chat import ChatService
 from llmdoctor.server.api.serving_completions import CompletionsService
 from llmdoctor.server.api.serving_models import ModelsService
+from llmdoctor.server.api.serving_tokenize import TokenizeService
 from llmdoctor.server.engine.protocol import Engine
 
 
@@ -25,6 +26,7 @@ class Services:
     adapters: AdaptersService
     completions: CompletionsService
     chat: ChatService
+    tokenize: TokenizeService
 
 
 def get_services(request: Request) -> Services:
@@ -39,6 +41,10 @@ def get_chat(request: Request) -> ChatService:
     return request.app.state.services.chat
 
 
+def get_tokenize(request: Request) -> TokenizeService:
+    return request.app.state.services.tokenize
+
+
 def get_models(request: Request) -> ModelsService:
     return request.app.state.services.models
 
@@ -51,4 +57,5 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 CompletionsDep = Annotated[CompletionsService, Depends(get_completions)]
 ChatDep = Annotated[ChatService, Depends(get_chat)]
 ModelsDep = Annotated[ModelsService, Depends(get_models)]
+TokenizeDep = Annotated[TokenizeService, Depends(get_tokenize)]
 AdaptersDep = Annotated[AdaptersService, Depends(get_adapters)]

@@ -24,14 +24,15 @@ class PromptTokenizer:
         encoded = []
         for i, prompt in enumerate(prompts):
             param = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
-            ids = self._encode_text(prompt) if isinstance(prompt, str) else self.check_ids(prompt, param)
+            ids = self.encode_text(prompt) if isinstance(prompt, str) else self.check_ids(prompt, param)
             if not ids:
                 raise InvalidRequestError(f"{param} must not be empty", param)
             encoded.append(ids)
         return encoded
 
     def encode_chat(
-        self, messages: list[dict[str, str]], add_generation_prompt: bool, continue_final_message: bool
+        self, messages: list[dict[str, str]], add_generation_prompt: bool, continue_final_message: bool,
+        add_special_tokens: bool = False,
     ) -> list[int]:
         if not getattr(self.tokenizer, "chat_template", None):
             raise InvalidRequestError(
@@ -46,7 +47,7 @@ class PromptTokenizer:
             )
         except TemplateError as exc:  # the template's own raise_exception(), e.g. roles that must alternate
             raise InvalidRequestError(f"the model's chat template refused these messages: {exc}", "messages") from None
-        return self._encode_text(text)
+        return self.encode_text(text, add_special_tokens)
 
     def check_context(self, prompt_len: int, max_tokens: int, prompt_param: str) -> None:
         """Raise ContextOverflowError (HTTP 400) when the request cannot fit the context."""
@@ -64,8 +65,8 @@ class PromptTokenizer:
                 "max_tokens",
             )
 
-    def _encode_text(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+    def encode_text(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
     def check_ids(self, ids: list[int], param: str) -> list[int]:
         bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)

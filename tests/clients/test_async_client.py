@@ -36,6 +36,12 @@ async def test_async_models_adapters_and_health(async_sdk):
         await async_sdk.adapters.unload("nobody")
 
 
+async def test_async_tokenize_agrees_with_sync(async_sdk, sdk):
+    ours = await async_sdk.tokenize(messages=[{"role": "user", "content": "Hi!"}])
+    assert ours == sdk.tokenize(messages="Hi!")
+    assert (await async_sdk.detokenize(ours.tokens)).prompt == sdk.detokenize(ours.tokens).prompt
+
+
 async def test_async_client_reads_the_environment(live_server, monkeypatch):
     monkeypatch.setenv("LLMDOCTOR_BASE_URL", live_server.url)
     monkeypatch.setenv("LLMDOCTOR_API_KEY", live_server.api_key)

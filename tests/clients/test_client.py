@@ -110,6 +110,16 @@ def test_unload_of_an_unknown_adapter_is_not_found(sdk):
     assert raised.value.status == 404 and raised.value.type == "not_found_error"
 
 
+def test_tokenize_and_detokenize(sdk):
+    prompt = sdk.tokenize("Doctors guide, patients speak.", return_token_strs=True)
+    assert prompt.count == len(prompt.tokens) == len(prompt.token_strs) and prompt.max_model_len == 2048
+    assert sdk.detokenize(prompt.tokens).prompt == "Doctors guide, patients speak."
+    chat = sdk.tokenize(messages="Hi!", model="pirate")
+    assert chat.count > 3 and chat.token_strs is None
+    with pytest.raises(TypeError, match="not both"):
+        sdk.tokenize("x", messages="y")
+
+
 def test_health_is_ok(sdk):
     assert sdk.health() == HealthStatus(status="ok")
 

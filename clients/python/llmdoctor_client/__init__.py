@@ -32,10 +32,12 @@ from llmdoctor_client.types import (
     ChatMessage,
     Completion,
     CompletionChunk,
+    DetokenizeResponse,
     DoctorWeight,
     Guidance,
     HealthStatus,
     ModelCard,
+    TokenizeResponse,
     UsageInfo,
 )
 
@@ -58,6 +60,7 @@ __all__ = [
     "Completion",
     "CompletionChunk",
     "ConflictError",
+    "DetokenizeResponse",
     "DoctorWeight",
     "Guidance",
     "HealthStatus",
@@ -70,5 +73,6 @@ __all__ = [
     "RetryPolicy",
     "ServerTimeoutError",
     "Stream",
+    "TokenizeResponse",
     "UsageInfo",
 ]

@@ -68,6 +68,22 @@ class Logprobs(RootModel[int]):
     root: Annotated[int, Field(ge=0, le=20, title="Logprobs")]
 
 
+class Token(RootModel[int]):
+    root: Annotated[int, Field(ge=0)]
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    model: Annotated[str | None, Field(title="Model")] = None
+    tokens: Annotated[list[Token], Field(max_length=1000000, title="Tokens")]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: Annotated[str, Field(title="Prompt")]
+
+
 class DoctorWeightSchema(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -259,6 +275,13 @@ class TextContentPart(BaseModel):
     text: Annotated[str, Field(title="Text")]
 
 
+class TokenizeResponse(BaseModel):
+    count: Annotated[int, Field(title="Count")]
+    max_model_len: Annotated[int, Field(title="Max Model Len")]
+    tokens: Annotated[list[int], Field(title="Tokens")]
+    token_strs: Annotated[list[str] | None, Field(title="Token Strs")] = None
+
+
 class TopLogprob(BaseModel):
     token: Annotated[str, Field(title="Token")]
     logprob: Annotated[float, Field(title="Logprob")]
@@ -373,6 +396,43 @@ class TokenLogprobOut(BaseModel):
     logprob: Annotated[float, Field(title="Logprob")]
     bytes: Annotated[list[int] | None, Field(title="Bytes")] = None
     top_logprobs: Annotated[list[TopLogprob] | None, Field(title="Top Logprobs")] = None
+
+
+class Messages(RootModel[list[ChatMessage]]):
+    root: Annotated[list[ChatMessage], Field(min_length=1, title="Messages")]
+
+
+class TokenizeRequest(BaseModel):
+    """
+    vLLM's two tokenize requests in one: `prompt` (text, as /v1/completions takes it) or `messages` (through
+    the model's chat template, as /v1/chat/completions applies it).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    model: Annotated[
+        str | None, Field(description="the patient or a patient adapter (they share the tokenizer)", title="Model")
+    ] = None
+    prompt: Annotated[str | None, Field(title="Prompt")] = None
+    messages: Annotated[Messages | None, Field(title="Messages")] = None
+    add_special_tokens: Annotated[
+        bool | None,
+        Field(
+            description="add the tokenizer's special tokens (e.g. BOS) on top of the text or template; off, as the generation endpoints tokenise, so `count` is what the prompt costs there",
+            title="Add Special Tokens",
+        ),
+    ] = False
+    add_generation_prompt: Annotated[
+        bool | None,
+        Field(description="with `messages`: end with the assistant's turn opened", title="Add Generation Prompt"),
+    ] = True
+    continue_final_message: Annotated[
+        bool | None, Field(description="with `messages`: leave the last message open", title="Continue Final Message")
+    ] = False
+    return_token_strs: Annotated[
+        bool | None, Field(description="also return each token's string", title="Return Token Strs")
+    ] = False
 
 
 class CompletionStreamResponse(BaseModel):

@@ -80,6 +80,19 @@ def completion_body(prompt, model, guidance, stream, sampling) -> dict[str, Any]
     return {"prompt": prompt, **generation_body(model, guidance, stream, sampling)}
 
 
+def tokenize_body(prompt: str | None, messages: Messages | None, model: str | None,
+                  options: Mapping[str, Any]) -> dict[str, Any]:
+    """POST /tokenize's body: a prompt, or messages (one string: a single user message); not both."""
+    if (prompt is None) == (messages is None):
+        raise TypeError("tokenize() takes a prompt or messages=, not both")
+    body: dict[str, Any] = {"prompt": prompt} if prompt is not None else {
+        "messages": [{"role": "user", "content": messages}] if isinstance(messages, str)
+        else [_message(m) for m in messages]}
+    if model is not None:
+        body["model"] = model
+    return {**body, **options}
+
+
 def parse_sse_line(line: str) -> dict | object | None:
     """The JSON of one `data:` line, DONE for `data: [DONE]`, None for anything else (blank,
     comments, other fields). An error event raises the APIError it carries."""

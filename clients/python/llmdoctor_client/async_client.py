@@ -22,9 +22,11 @@ from llmdoctor_client.types import (
     ChatCompletionChunk,
     Completion,
     CompletionChunk,
+    DetokenizeResponse,
     HealthStatus,
     ModelCard,
     ModelList,
+    TokenizeResponse,
 )
 
 ChunkT = TypeVar("ChunkT", bound=BaseModel)
@@ -158,6 +160,19 @@ class AsyncClient:
     async def models(self) -> list[ModelCard]:
         """GET /v1/models: the patient, its adapters (usable as `model`) and the doctors (for `guidance`)."""
         return ModelList.model_validate(await self._json("GET", "/v1/models")).data
+
+    async def tokenize(self, prompt: str | None = None, *, messages: s.Messages | None = None,
+                 model: str | None = None, **options: Any) -> TokenizeResponse:
+        """POST /tokenize: the token ids a completion's `prompt` (or a chat's `messages`, through the model's
+        template) costs. Options: return_token_strs, add_special_tokens, add_generation_prompt,
+        continue_final_message."""
+        body = s.tokenize_body(prompt, messages, model, options)
+        return TokenizeResponse.model_validate(await self._json("POST", "/tokenize", body))
+
+    async def detokenize(self, tokens: Sequence[int], *, model: str | None = None) -> DetokenizeResponse:
+        """POST /detokenize: token ids back to text (special tokens kept)."""
+        body: dict[str, Any] = {"tokens": list(tokens)} | ({"model": model} if model is not None else {})
+        return DetokenizeResponse.model_validate(await self._json("POST", "/detokenize", body))
 
     async def health(self) -> HealthStatus:
         """GET /health, not retried: `status == "ok"`, or OverloadedError (503) while the server

@@ -50,6 +50,8 @@ OPERATIONS = {
     ("GET", "/v1/adapters"): (POSITIVE,),  # no inputs
     ("DELETE", "/v1/adapters/{name}"): (POSITIVE,),  # `name` is any string
     ("GET", "/v1/models"): (POSITIVE,),  # no inputs
+    ("POST", "/tokenize"): (POSITIVE, NEGATIVE),
+    ("POST", "/detokenize"): (POSITIVE, NEGATIVE),
     ("GET", "/health"): (POSITIVE,),  # no inputs
     ("GET", "/metrics"): (POSITIVE,),  # no inputs
 }

@@ -106,6 +106,8 @@ class StreamOptions(BaseModel):
     model_config = StrictModel
 
     include_usage: bool = False
+    continuous_usage_stats: bool = Field(
+        False, description="vLLM's extension: with include_usage, every chunk also carries its choice's usage so far")
 
 
 class SamplingFields(BaseModel):
@@ -170,6 +172,11 @@ class SamplingFields(BaseModel):
     @property
     def include_usage_in_stream(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def include_usage_in_every_chunk(self) -> bool:
+        """vLLM's `continuous_usage_stats`, which (as there) takes effect with `include_usage` only."""
+        return self.include_usage_in_stream and self.stream_options.continuous_usage_stats
 
     def to_guidance(self) -> Guidance:
         return self.guidance.to_guidance() if self.guidance else Guidance()

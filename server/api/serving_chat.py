@@ -95,15 +95,22 @@ class ChatService:
             return sse_data(payload.model_dump_json())
 
         completion_tokens: dict[int, int] = {}
+        prompt_tokens = {spec.index: len(spec.request.prompt_token_ids) for spec in specs}
+        every = body.include_usage_in_every_chunk  # vLLM's continuous_usage_stats: each choice's usage so far
+
+        def usage_of(index: int, completion: int) -> UsageInfo | None:
+            return UsageInfo.of(prompt_tokens[index], completion) if every else None
+
         try:
             # OpenAI opens every choice with the role, then streams content, then a finish chunk.
             for spec in specs:
-                yield chunk([ChatStreamChoice(index=spec.index, delta=DeltaMessage(role="assistant", content=""))])
+                role = ChatStreamChoice(index=spec.index, delta=DeltaMessage(role="assistant", content=""))
+                yield chunk([role], usage_of(spec.index, 0))
             async with aclosing(merge_deltas(runs)) as deltas:
                 async for delta in deltas:
                     completion_tokens[delta.index] = delta.completion_tokens
                     for choice in self._stream_choices(body, delta):
-                        yield chunk([choice])
+                        yield chunk([choice], usage_of(delta.index, delta.completion_tokens))
             if body.include_usage_in_stream:
                 yield chunk([], UsageInfo.of(prompt_tokens_of(specs, body.n), sum(completion_tokens.values())))
         except Exception as exc:

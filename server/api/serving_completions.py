@@ -80,12 +80,17 @@ class CompletionsService:
     ) -> AsyncGenerator[str, None]:
         created, model = now(), self._model_name(body)
         completion_tokens: dict[int, int] = {}
+        prompt_tokens = {spec.index: len(spec.request.prompt_token_ids) for spec in specs}
         try:
             async with aclosing(merge_deltas(runs)) as deltas:
                 async for delta in deltas:
                     completion_tokens[delta.index] = delta.completion_tokens
+                    usage = None
+                    if body.include_usage_in_every_chunk:  # this choice's usage so far, as vLLM counts it
+                        usage = UsageInfo.of(prompt_tokens[delta.index], delta.completion_tokens)
                     chunk = CompletionStreamResponse(
-                        id=request_id, created=created, model=model, choices=[self._stream_choice(body, delta)]
+                        id=request_id, created=created, model=model, choices=[self._stream_choice(body, delta)],
+                        usage=usage,
                     )
                     yield sse_data(chunk.model_dump_json())
             if body.include_usage_in_stream:

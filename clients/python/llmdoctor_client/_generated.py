@@ -264,6 +264,13 @@ class StreamOptions(BaseModel):
         extra="forbid",
     )
     include_usage: Annotated[bool | None, Field(title="Include Usage")] = False
+    continuous_usage_stats: Annotated[
+        bool | None,
+        Field(
+            description="vLLM's extension: with include_usage, every chunk also carries its choice's usage so far",
+            title="Continuous Usage Stats",
+        ),
+    ] = False
 
 
 class TextContentPart(BaseModel):

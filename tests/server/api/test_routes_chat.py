@@ -37,6 +37,17 @@ def test_chat_stream_sends_role_then_content_then_finish(openai_client, plain_re
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
 
+def test_chat_stream_continuous_usage_from_the_role_chunk_on(openai_client):
+    stream = openai_client.chat.completions.create(
+        model=None, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, temperature=0, stream=True,
+        stream_options={"include_usage": True, "continuous_usage_stats": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].usage.completion_tokens == 0
+    counts = [c.usage.completion_tokens for c in chunks[:-1]]
+    assert counts == sorted(counts) and counts[-1] == chunks[-1].usage.completion_tokens
+    assert all(c.usage.prompt_tokens == chunks[0].usage.prompt_tokens for c in chunks)
+
+
 def test_chat_max_completion_tokens_limits_the_reply(openai_client):
     result = chat(openai_client, max_tokens=None, max_completion_tokens=2)
     assert result.usage.completion_tokens == 2 and result.choices[0].finish_reason == "length"

@@ -57,6 +57,29 @@ def test_completion_stream_ends_with_usage_then_done(live_server):
     assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] == 4
 
 
+def test_completion_stream_continuous_usage_counts_each_choice_as_vllm_does(live_server):
+    """vLLM's stream_options.continuous_usage_stats: every chunk carries its choice's usage so far."""
+    events = sse_events(live_server, {"prompt": PROMPT, "max_tokens": 4, "temperature": 1, "seed": 3, "n": 2,
+                                      "ignore_eos": True, "stream": True,
+                                      "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
+    chunks = [json.loads(e) for e in events[:-2]]
+    prompt_tokens = chunks[0]["usage"]["prompt_tokens"]
+    seen = {0: 0, 1: 0}
+    for chunk in chunks:
+        index, usage = chunk["choices"][0]["index"], chunk["usage"]
+        assert usage["prompt_tokens"] == prompt_tokens and usage["completion_tokens"] >= seen[index]
+        assert usage["total_tokens"] == prompt_tokens + usage["completion_tokens"]
+        seen[index] = usage["completion_tokens"]
+    assert seen == {0: 4, 1: 4}
+    assert json.loads(events[-2])["usage"]["completion_tokens"] == 8  # the final chunk sums the choices
+
+
+def test_completion_stream_continuous_usage_needs_include_usage(live_server):
+    events = sse_events(live_server, {"prompt": PROMPT, "max_tokens": 2, "temperature": 0, "stream": True,
+                                      "stream_options": {"continuous_usage_stats": True}})
+    assert all(json.loads(e).get("usage") is None for e in events[:-1])
+
+
 def test_completion_stream_text_equals_non_stream_text(openai_client, plain):
     stream = openai_client.completions.create(model=None, prompt=PROMPT, max_tokens=12, temperature=0, stream=True)
     assert "".join(chunk.choices[0].text for chunk in stream) == plain

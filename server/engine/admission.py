@@ -54,6 +54,9 @@ class Admission:
         with self._lock:
             return list(self._inflight)
 
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._inflight
+
     def __len__(self) -> int:
         return len(self._inflight)
 

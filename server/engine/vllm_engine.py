@@ -228,7 +228,7 @@ class VllmEngine:
                             error=f"engine error: {exc}"))
 
     async def abort(self, request_id: str) -> None:
-        if request_id in self.admission.inflight() and self._llm is not None:
+        if request_id in self.admission and self._llm is not None:
             await self._on_engine_loop(self._llm.abort(request_id))
 
     def stats(self) -> EngineStats:

@@ -92,19 +92,28 @@ def start_server(doctors: dict[str, Path], root: Path, port: int, max_batch: int
            "--max-batch", str(max_batch)]
     for name, path in doctors.items():
         cmd += ["--doctor", f"{name}={path}"]
+    return launch(cmd, port)
+
+
+def launch(cmd: list[str], port: int, timeout: float = 120, env: dict[str, str] | None = None,
+           ) -> tuple[subprocess.Popen, float]:
+    """A server subprocess once its /health answers 200, and the seconds that took. Its log goes to a temp
+    file, whose tail the error shows if it dies first."""
+    log = tempfile.NamedTemporaryFile(prefix="llmdoctor-bench-", suffix=".log", delete=False)
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while time.perf_counter() - start < 120:
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    while time.perf_counter() - start < timeout:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                 return proc, time.perf_counter() - start
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {' '.join(cmd)}")
+            raise RuntimeError(f"{' '.join(cmd[:4])} exited with {proc.returncode}:\n"
+                               f"{Path(log.name).read_text(errors='replace')[-3000:]}")
         time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("server not ready in 120 s")
+    raise RuntimeError(f"{' '.join(cmd[:4])} not ready in {timeout:g} s (log: {log.name})")
 
 
 def print_table(results, concurrencies):

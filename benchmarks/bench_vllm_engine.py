@@ -27,18 +27,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import httpx
 
 import torch
 
 from bench_serve_overhead import stop_server
-from bench_serving import free_port, http_throughput
+from bench_serving import free_port, http_throughput, launch
 from engine_load import throughput
 
 from llmdoctor.server.engine.protocol import DoctorWeight, Guidance
@@ -78,27 +74,9 @@ async def measure(engine, settings, args, doctors, rows):
         await engine.shutdown(0)
 
 
-def start(cmd: list[str], port: int, health: str) -> subprocess.Popen:
-    """A server subprocess, once `health` answers 200 (its log goes to a temp file, printed if it dies)."""
-    log = tempfile.NamedTemporaryFile(prefix="llmdoctor-bench-", suffix=".log", delete=False)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")})
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}{health}", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"{cmd[:4]} exited with {proc.returncode}:\n{Path(log.name).read_text()[-3000:]}")
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"{cmd[:4]} not ready in 600 s")
-
-
-async def measure_http(label_settings, cmd, port, health, args, rows):
-    proc = start(cmd, port, health)
+async def measure_http(label_settings, cmd, port, args, rows):
+    kv_space = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")
+    proc, _ = launch(cmd, port, timeout=600, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": kv_space})
     try:
         url = f"http://127.0.0.1:{port}"
         await http_throughput(url, [], 2, 8)  # warm-up
@@ -120,16 +98,15 @@ async def run_http(args, model, doctors) -> dict:
     plain = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model.folder),
              "--served-model-name", name, "--dtype", "float32", "--enforce-eager", "--port", str(port),
              "--max-num-seqs", batch]
-    await measure_http([("HTTP plain vLLM server", [])], plain, port, "/health", args, rows)
+    await measure_http([("HTTP plain vLLM server", [])], plain, port, args, rows)
     ours = [sys.executable, "-m", "llmdoctor.server.cli", "serve", "--model", args.model, "--port", str(port),
             "--max-batch", batch]
     for doctor, path in doctors.items():
         ours += ["--doctor", f"{doctor}={path}"]
     await measure_http([("HTTP vllm engine, unguided", []), ("HTTP vllm engine, 1 doctor", [("d1", 1.0)]),
                         ("HTTP vllm engine, 2 doctors", [("d1", 1.0), ("d2", 0.5)])],
-                       ours + ["--engine", "vllm"], port, "/health", args, rows)
-    await measure_http([("HTTP torch engine, unguided", [])], ours + ["--engine", "torch"], port, "/health", args,
-                       rows)
+                       ours + ["--engine", "vllm"], port, args, rows)
+    await measure_http([("HTTP torch engine, unguided", [])], ours + ["--engine", "torch"], port, args, rows)
     return rows
 
 

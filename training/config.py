@@ -82,6 +82,8 @@ class AlignmentConfig(_Section):
     lora_alpha: int = Field(16, gt=0)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+    # the final adapter's weights on disk (training is float32; checkpoints stay float32 to resume exactly)
+    save_dtype: Literal["float32", "bfloat16"] = "float32"
     learning_rate: float = Field(5e-5, gt=0)
     batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)

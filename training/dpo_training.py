@@ -40,6 +40,7 @@ from llmdoctor.training.trainer_runs import (
     load_policy,
     load_tokenizer,
     resolve_patient,
+    save_lora,
     run_trainer,
 )
 
@@ -154,12 +155,14 @@ def patient_saver(config: TrainingConfig, served_name: str):
     """run_trainer's `save` for a patient adapter (or full model) trained by `config`."""
 
     def save(trainer, metrics: dict) -> None:
-        save_adapter(trainer, Path(config.alignment.output_dir), served_name, metrics, config.alignment.method)
+        a = config.alignment
+        save_adapter(trainer, Path(a.output_dir), served_name, metrics, a.method, a.save_dtype)
 
     return save
 
 
-def save_adapter(trainer, folder: Path, served_name: str, metrics: dict, method: str = "dpo") -> Path:
+def save_adapter(trainer, folder: Path, served_name: str, metrics: dict, method: str = "dpo",
+                 save_dtype: str = "float32") -> Path:
     """peft folder (safetensors) + llmdoctor.json naming the served model as base; after full
     fine-tuning, a full model folder (weights, config, tokenizer) + llmdoctor.json instead."""
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -171,8 +174,7 @@ def save_adapter(trainer, folder: Path, served_name: str, metrics: dict, method:
         return folder
     # peft records the cache folder it loaded from; the server matches on the served name.
     model.peft_config["default"].base_model_name_or_path = served_name
-    # save_embedding_layers=False: "auto" would ask the Hub whether the vocabulary changed.
-    model.save_pretrained(folder, save_embedding_layers=False)
+    save_lora(model, folder, save_dtype)
     write_adapter_metadata(folder, "patient", served_name, method, metrics=metrics)
     return folder
 

@@ -31,7 +31,7 @@ EXIT_INTERRUPTED = 130
 
 @dataclass(frozen=True)
 class Dimension:
-    scorer: str  # how `data synth` ranks responses, and the score eval reports first
+    scorer: str  # how `data synth` ranks responses, and the score eval reports first (eval.csv's score_<scorer>)
     faces: str  # the faces (faces.py) stage 1 contrasts
     # RecipeOptions this dimension needs other than the defaults. Conciseness: the patient's answers
     # run to ~250 tokens and rarely end by themselves, so its pairs come from sentence cuts (below);
@@ -83,6 +83,11 @@ class RecipeOptions:
     betas: tuple[float, ...] = (1.0, 2.0, 4.0, 6.0)
     samples_per_prompt: int = 1  # eval: responses per held-out prompt (more = less noisy scores)
     seed: int = 0
+    # the LoRA of the doctor and of the DPO adapter (the same for both, so the comparison is fair);
+    # lora_alpha is twice the rank, so the update's scale does not change with it
+    lora_rank: int = 16
+    target_modules: tuple[str, ...] | None = None  # None = every linear layer
+    save_dtype: str = "float32"  # "bfloat16" halves the folders (the doctors shipped in the package)
 
     @classmethod
     def for_dimension(cls, dimension: str, output: Path, **given) -> RecipeOptions:
@@ -108,7 +113,8 @@ def stage_configs(o: RecipeOptions) -> dict:
     shipped = len(load_prompts(PROMPTS_FILE))
     # the doctor and the DPO adapter get the same LoRA (the doctor's defaults) and the same steps
     run = {"num_epochs": o.epochs, "batch_size": 4, "save_steps": 10, "save_total_limit": 2, "seed": o.seed,
-           "lora_r": 16, "lora_alpha": 32, "target_modules": list(ALL_LINEAR)}
+           "lora_r": o.lora_rank, "lora_alpha": 2 * o.lora_rank, "target_modules": list(o.target_modules or ALL_LINEAR),
+           "save_dtype": o.save_dtype}
     return {
         "data": SynthOptions(prompts=PROMPTS_FILE, output=preferences, scorer=d.scorer, k=o.k, max_tokens=o.max_tokens,
                              seed=o.seed, limit=o.train_prompts, sentence_cuts=d.sentence_cuts),
@@ -155,6 +161,12 @@ def check_options(o: RecipeOptions) -> None:
     for name, folder in o.with_doctors.items():
         if name == o.dimension or not folder.is_dir():
             raise RecipeError(f"--with-doctor {name}={folder}: expected another dimension's doctor folder")
+    from llmdoctor.training.doctor_config import ALL_LINEAR
+
+    unknown = [m for m in o.target_modules or () if m not in ALL_LINEAR]
+    if unknown or (o.target_modules is not None and not o.target_modules):
+        raise RecipeError(f"--target-modules: expected names among {','.join(ALL_LINEAR)}, got "
+                          f"{','.join(o.target_modules or ()) or 'nothing'}")
 
 
 # ---- the stages --------------------------------------------------------------------------------------
@@ -237,9 +249,81 @@ def run_recipe(o: RecipeOptions, stream=None) -> int:
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps({**state, "options": _jsonable(o)}, indent=2) + "\n")
         say(f"recipe [{number}/{len(stages)}] {name}: {result} ({seconds:.0f} s)")
+    record_in_doctor(o, configs)
     say(f"recipe: done in {time.monotonic() - started:.0f} s; {o.output} holds the doctor, the DPO adapter, the "
         f"data and eval/ (eval.csv, frontier.png)")
     return 0
+
+
+# ---- what the doctor's llmdoctor.json records of its making --------------------------------------------
+
+
+def record_in_doctor(o: RecipeOptions, configs: dict) -> dict:
+    """Add `recipe` to the doctor's llmdoctor.json: the command, the data, the seed and its eval row.
+
+    The eval row is the doctor's at the beta whose KL per token is nearest the DPO adapter's (the
+    equal-KL comparison the product rests on), beside the patient's and the DPO adapter's rows; that
+    beta is the one to start from. The server shows this on /v1/models.
+    """
+    import csv
+    import hashlib
+
+    from llmdoctor.server.adapter_folders import METADATA_FILE
+
+    doctor_file = Path(configs["doctor"].doctor.output_dir) / METADATA_FILE
+    preferences = Path(configs["dpo"].dataset.path)
+    score = f"score_{DIMENSIONS[o.dimension].scorer}"
+    rows = list(csv.DictReader((Path(configs["eval"].output_dir) / "eval.csv").open(encoding="utf-8")))
+
+    def row(r: dict) -> dict:
+        return {"kl_per_token": float(r["kl_per_token"]), "score": float(r[score]), "mean_tokens": float(r["mean_tokens"])}
+
+    patient = next(r for r in rows if r["kind"] == "patient")
+    dpo = next(r for r in rows if r["kind"] == "adapter")
+    doctors = [r for r in rows if r["kind"] == "doctor" and float(r[f"beta_{o.dimension}"]) > 0]
+    nearest = min(doctors, key=lambda r: abs(float(r["kl_per_token"]) - float(dpo["kl_per_token"])))
+    g = configs["eval"].generation
+    recipe = {
+        "command": command_line(o),
+        "seed": o.seed,
+        "data": {
+            "source": f"--data {o.data}" if o.data else (
+                f"data synth --scorer {DIMENSIONS[o.dimension].scorer} on the first {o.train_prompts} shipped prompts, "
+                f"k {o.k}, {o.max_tokens} tokens"),
+            "file": preferences.name,
+            # a user's --data may be a datasets folder: no one file to hash
+            "sha256": hashlib.sha256(preferences.read_bytes()).hexdigest() if preferences.is_file() else None,
+        },
+        "eval": {
+            "prompts": f"the last {o.eval_prompts} shipped prompts (held out)", "score": score,
+            "max_tokens": g.max_tokens, "temperature": g.temperature, "doctor_mode": "ratio",
+            "beta": float(nearest[f"beta_{o.dimension}"]), "doctor": row(nearest), "patient": row(patient),
+            "dpo": row(dpo),
+        },
+    }
+    meta = json.loads(doctor_file.read_text(encoding="utf-8"))
+    tmp = doctor_file.with_name(f".{METADATA_FILE}.tmp")
+    tmp.write_text(json.dumps({**meta, "recipe": recipe}, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(doctor_file)
+    return recipe
+
+
+def command_line(o: RecipeOptions) -> str:
+    """The `llmdoctor recipe` command that makes these options again (every flag spelled out)."""
+    import shlex
+
+    args = ["llmdoctor", "recipe", o.dimension, "--output", str(o.output)]
+    if o.data:
+        args += ["--data", str(o.data)]
+    for name, folder in o.with_doctors.items():
+        args += ["--with-doctor", f"{name}={folder}"]
+    args += ["--device", o.device, "--train-prompts", str(o.train_prompts), "--eval-prompts", str(o.eval_prompts),
+             "--epochs", str(o.epochs), "--k", str(o.k), "--max-tokens", str(o.max_tokens),
+             "--betas", ",".join(f"{b:g}" for b in o.betas), "--samples-per-prompt", str(o.samples_per_prompt),
+             "--seed", str(o.seed), "--lora-rank", str(o.lora_rank), "--save-dtype", o.save_dtype]
+    if o.target_modules:
+        args += ["--target-modules", ",".join(o.target_modules)]
+    return shlex.join(args)
 
 
 def write_configs(folder: Path, configs: dict) -> None:
@@ -280,6 +364,11 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                         "conciseness 0.25,0.5,1,2)")
     parser.add_argument("--samples-per-prompt", type=int, help="eval responses per held-out prompt (default 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lora-rank", type=int, help="LoRA rank of the doctor and the DPO adapter (default 16)")
+    parser.add_argument("--target-modules", metavar="M,M,...", help="layers the LoRAs adapt (default every linear "
+                        "layer: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)")
+    parser.add_argument("--save-dtype", choices=("float32", "bfloat16"), help="the saved adapters' weights "
+                        "(default float32; bfloat16 halves them)")
 
 
 def options_from_args(args: argparse.Namespace) -> RecipeOptions:
@@ -291,7 +380,7 @@ def options_from_args(args: argparse.Namespace) -> RecipeOptions:
         with_doctors[name] = Path(folder)
     for flag, value, least in (("--train-prompts", args.train_prompts, 1), ("--eval-prompts", args.eval_prompts, 1),
                                ("--epochs", args.epochs, 1), ("--max-tokens", args.max_tokens, 1), ("--k", args.k, 2),
-                               ("--samples-per-prompt", args.samples_per_prompt, 1)):
+                               ("--samples-per-prompt", args.samples_per_prompt, 1), ("--lora-rank", args.lora_rank, 1)):
         if value is not None and value < least:
             raise RecipeError(f"{flag} must be at least {least}, got {value}")
     betas = None
@@ -303,7 +392,10 @@ def options_from_args(args: argparse.Namespace) -> RecipeOptions:
     return RecipeOptions.for_dimension(
         args.dimension, args.output, data=args.data, with_doctors=with_doctors, device=args.device,
         train_prompts=args.train_prompts, eval_prompts=args.eval_prompts, k=args.k, max_tokens=args.max_tokens,
-        epochs=args.epochs, betas=betas, samples_per_prompt=args.samples_per_prompt, seed=args.seed)
+        epochs=args.epochs, betas=betas, samples_per_prompt=args.samples_per_prompt, seed=args.seed,
+        lora_rank=args.lora_rank, save_dtype=args.save_dtype,
+        target_modules=None if args.target_modules is None else tuple(m.strip() for m in args.target_modules.split(",")
+                                                                      if m.strip()))
 
 
 def run_recipe_command(args: argparse.Namespace) -> int:

@@ -54,6 +54,7 @@ from llmdoctor.training.trainer_runs import (
     load_policy,
     load_tokenizer,
     resolve_patient,
+    save_lora,
     run_trainer,
 )
 
@@ -140,7 +141,7 @@ class TFPOTrainer(MetricsTrainer):
         folder = Path(output_dir or self.args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
-        model.policy.save_pretrained(folder, save_embedding_layers=False)
+        save_lora(model.policy, folder)  # float32: a resumed run continues from exact weights
         save_file(model.value_head.state_dict(), str(folder / VALUE_HEAD_FILE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
@@ -208,7 +209,7 @@ def doctor_saver(config: DoctorConfig, served_name: str):
         folder = Path(config.doctor.output_dir)
         model = trainer.accelerator.unwrap_model(trainer.model)
         model.policy.peft_config["default"].base_model_name_or_path = served_name  # not the cache path
-        model.policy.save_pretrained(folder, save_embedding_layers=False)
+        save_lora(model.policy, folder, config.doctor.save_dtype)
         save_file(model.value_head.state_dict(), str(folder / VALUE_HEAD_FILE))
         metrics = {**metrics, "tfpo": _tfpo_settings(config)}
         write_adapter_metadata(

@@ -28,6 +28,8 @@ from llmdoctor.training.config import ConfigError
 
 CHECKPOINTS = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -47,6 +49,22 @@ class TrainingInterrupted(Exception):
 
 
 # ---- building blocks --------------------------------------------------------------------------------
+
+
+def save_lora(peft_model, folder: Path, save_dtype: str = "float32") -> None:
+    """peft's folder (adapter_config.json + safetensors); weights stored as `save_dtype`.
+
+    Training runs in float32; "bfloat16" halves the folder (a shipped doctor, issue 19) and the
+    servers cast the weights to their own dtype on load.
+    """
+    from safetensors.torch import load_file, save_file
+
+    # save_embedding_layers=False: "auto" would ask the Hub whether the vocabulary changed.
+    peft_model.save_pretrained(folder, save_embedding_layers=False)
+    if save_dtype != "float32":
+        weights = Path(folder) / ADAPTER_WEIGHTS
+        tensors = {k: v.to(SAVE_DTYPES[save_dtype]).contiguous() for k, v in load_file(str(weights)).items()}
+        save_file(tensors, str(weights), metadata={"format": "pt"})
 
 
 def load_tokenizer(config, model: ResolvedModel):

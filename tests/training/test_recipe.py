@@ -4,17 +4,22 @@ an interruption resumes where it stopped, and DIR holds what the README promises
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import shlex
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
-from llmdoctor.server.cli import main
+from llmdoctor.server.cli import build_parser, main
 from llmdoctor.training import recipe
 from llmdoctor.training.recipe import RecipeOptions, run_recipe
 from tests.adapters import one_torch_thread
 
-TOY = {"train_prompts": 6, "eval_prompts": 3, "max_tokens": 12, "epochs": 1, "betas": (2.0,), "k": 3}
+TOY = {"train_prompts": 6, "eval_prompts": 3, "max_tokens": 12, "epochs": 1, "betas": (2.0,), "k": 3,
+       "lora_rank": 4, "target_modules": ("q_proj", "v_proj", "down_proj"), "save_dtype": "bfloat16"}
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +66,32 @@ def test_recipe_output_holds_the_doctor_the_dpo_adapter_the_data_and_the_eval(re
     state = json.loads((out / "recipe.json").read_text())
     assert all(state["stages"][stage]["done"] for stage in recipe.STAGES)
     assert {p.name for p in (out / "configs").iterdir()} == {f"{s}.yaml" for s in recipe.STAGES}
+
+
+def test_recipe_records_its_command_data_seed_and_eval_row_in_the_doctor(recipe_dir):
+    out, _ = recipe_dir
+    made = json.loads((out / "doctor-positivity" / "llmdoctor.json").read_text())["recipe"]
+    assert made["command"].startswith("llmdoctor recipe positivity --output ") and "--lora-rank 4" in made["command"]
+    assert "--target-modules q_proj,v_proj,down_proj" in made["command"] and made["seed"] == 0
+    assert made["data"]["sha256"] == hashlib.sha256((out / "data" / "preferences.jsonl").read_bytes()).hexdigest()
+    rows = {row["setting"]: row for row in csv.DictReader((out / "eval" / "eval.csv").open())}
+    assert made["eval"]["beta"] == 2.0 and made["eval"]["score"] == "score_sentiment"
+    assert made["eval"]["doctor"]["kl_per_token"] == float(rows["positivity@2"]["kl_per_token"])
+    assert made["eval"]["dpo"]["score"] == float(rows["dpo:dpo"]["score_sentiment"])
+    # the command line parses back into the same options
+    args = build_parser().parse_args(shlex.split(made["command"])[1:])
+    assert recipe.options_from_args(args) == RecipeOptions("positivity", out, seed=0, **TOY)
+
+
+def test_recipe_saves_bfloat16_loras_of_the_rank_and_layers_asked(recipe_dir):
+    out, _ = recipe_dir
+    for folder in ("doctor-positivity", "dpo-positivity"):
+        weights = load_file(str(out / folder / "adapter_model.safetensors"))
+        assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+        assert {k.split(".")[-3] for k in weights} == {"q_proj", "v_proj", "down_proj"}
+        assert {min(t.shape) for t in weights.values()} == {4}
+        config = json.loads((out / folder / "adapter_config.json").read_text())
+        assert (config["r"], config["lora_alpha"]) == (4, 8)
 
 
 def test_recipe_unknown_dimension_exits_2_listing_the_known_ones(tmp_path, capsys):
@@ -141,3 +172,11 @@ def test_recipe_defaults_are_the_measured_winners(tmp_path):
 def test_recipe_samples_per_prompt_below_one_exits_2(tmp_path, capsys):
     assert main(["recipe", "positivity", "--output", str(tmp_path), "--samples-per-prompt", "0"]) == 2
     assert "--samples-per-prompt" in capsys.readouterr().err
+
+
+def test_recipe_unknown_target_module_exits_2_listing_the_known_ones(tmp_path, capsys):
+    assert main(["recipe", "positivity", "--output", str(tmp_path), "--target-modules", "q_proj,lm_head"]) == 2
+    err = capsys.readouterr().err
+    assert "--target-modules" in err and "down_proj" in err
+    assert main(["recipe", "positivity", "--output", str(tmp_path), "--lora-rank", "0"]) == 2
+    assert "--lora-rank" in capsys.readouterr().err

@@ -67,6 +67,10 @@ class ServerSettings(BaseSettings):
     doctor: Annotated[list[NamedPath], NoDecode] = Field(
         default_factory=list, description="doctor adapter loaded at start, NAME=PATH (repeatable)"
     )
+    default_doctors: bool = Field(
+        True, description="load the doctors shipped with the embedded default (positivity, conciseness) at start; "
+        "only when the patient and the doctor base are the embedded default; a --doctor of the same name wins"
+    )
     lora: Annotated[list[NamedPath], NoDecode] = Field(
         default_factory=list, description="patient LoRA adapter loaded at start, NAME=PATH (repeatable)"
     )

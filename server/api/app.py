@@ -43,6 +43,7 @@ from llmdoctor.server.api.text_validation import reject_invalid_text
 from llmdoctor.server.config import ConfigError, ServerSettings
 from llmdoctor.server.engine.protocol import Engine
 from llmdoctor.server.errors import LLMDoctorError
+from llmdoctor.server.shipped_doctors import startup_doctors
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +109,10 @@ async def build_services(engine: Engine, settings: ServerSettings, metrics: Serv
 
 def _startup_adapters(settings: ServerSettings):
     """(flag, kind, NAME=PATH entry) for every adapter named on the command line."""
-    for flag, kind, entries in (("--doctor", "doctor", settings.doctor), ("--lora", "patient", settings.lora)):
-        for entry in entries:
-            yield flag, kind, entry
+    for flag, entry in startup_doctors(settings):
+        yield flag, "doctor", entry
+    for entry in settings.lora:
+        yield "--lora", "patient", entry
 
 
 def check_startup_adapters(engine: Engine, settings: ServerSettings) -> None:

@@ -28,6 +28,7 @@ class GenerationBody(Protocol):
     n: int
     stop: list[str]
     stop_token_ids: list[int]
+    logit_bias_ids: list[int]
 
     def to_guidance(self) -> Guidance: ...
     def requested_max_tokens(self, prompt_len: int, max_model_len: int) -> int: ...
@@ -56,6 +57,7 @@ def plan_choices(
     guidance = body.to_guidance()
     models.check_doctors(guidance)
     tokenizer.check_ids(body.stop_token_ids, "stop_token_ids")
+    tokenizer.check_ids(body.logit_bias_ids, "logit_bias")
     specs = []
     for p, ids in enumerate(prompts):
         param = prompt_param if len(prompts) == 1 else f"{prompt_param}[{p}]"

@@ -93,17 +93,7 @@ class ChatCompletionRequest(SamplingFields):
         return asked if asked is not None else max(1, max_model_len - prompt_len)
 
     def to_sampling_params(self, max_tokens: int) -> SamplingParams:
-        """`max_tokens` comes resolved (and checked against the context) by the service."""
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            seed=self.seed,
-            stop_token_ids=tuple(self.stop_token_ids),
-            ignore_eos=self.ignore_eos,
-            logprobs=(self.top_logprobs or 0) if self.logprobs else None,
-        )
+        return self.sampling_params(max_tokens, (self.top_logprobs or 0) if self.logprobs else None)
 
 
 class TopLogprob(BaseModel):

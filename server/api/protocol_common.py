@@ -18,7 +18,10 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, ValidationInfo, field_validator
 from typing_extensions import TypeAliasType
 
+from llmdoctor.server.engine.logit_adjust import MAX_BIAS
 from llmdoctor.server.engine.protocol import (
+    MAX_PENALTY,
+    MAX_REPETITION_PENALTY,
     MAX_TEMPERATURE,
     MAX_TOP_K,
     MAX_WEIGHT,
@@ -27,6 +30,7 @@ from llmdoctor.server.engine.protocol import (
     DoctorWeight,
     GuidanceMode,
     Guidance,
+    SamplingParams,
 )
 
 MAX_LOGPROBS = 20  # the engine's limit (SamplingParams.logprobs)
@@ -38,6 +42,8 @@ StrictModel = ConfigDict(extra="forbid")
 StopString = Annotated[str, Field(min_length=1)]
 StopList = Annotated[list[StopString], Field(max_length=MAX_STOPS)]
 StopInput = TypeAliasType("StopInput", StopString | StopList | None)  # named: one schema in openapi.json
+BiasValue = Annotated[FiniteFloat, Field(ge=-MAX_BIAS, le=MAX_BIAS)]
+TokenIdKey = Annotated[str, Field(pattern=r"^[0-9]{1,10}$")]  # logit_bias keys: token ids as decimal strings
 
 
 def _zero_or_not_tiny(value: float) -> float:
@@ -131,10 +137,21 @@ class SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     guidance: GuidanceSchema | None = None
-    # Accepted for compatibility; only their neutral values are served (checked below).
-    frequency_penalty: FiniteFloat = 0.0
-    presence_penalty: FiniteFloat = 0.0
-    logit_bias: dict[str, float] | None = None
+    # Applied to the rule's distribution, in the order README "Sampling" gives (engine/logit_adjust.py)
+    frequency_penalty: FiniteFloat = Field(0.0, ge=-MAX_PENALTY, le=MAX_PENALTY,
+                                           description="minus penalty x the token's count in the output so far")
+    presence_penalty: FiniteFloat = Field(0.0, ge=-MAX_PENALTY, le=MAX_PENALTY,
+                                          description="minus penalty once the token is in the output")
+    repetition_penalty: FiniteFloat = Field(
+        1.0, gt=0, le=MAX_REPETITION_PENALTY,
+        description="vLLM's extension: a token seen in the prompt or output has its score divided by this when "
+                    "positive, multiplied when not; 1 = off")
+    logit_bias: dict[TokenIdKey, BiasValue] | None = Field(
+        None, description="token id (as a string) -> a bias added to its score, in [-100, 100]; -100 bans it")
+    min_p: FiniteFloat = Field(0.0, ge=0, le=1, description="vLLM's extension: drop tokens less likely than min_p x "
+                                                              "the most likely one (after temperature); 0 = off")
+    min_tokens: int = Field(0, ge=0, description="vLLM's extension: EOS and stop_token_ids cannot end the output "
+                                                 "before this many tokens")
     user: str | None = None
 
     @field_validator("stop", mode="before", json_schema_input_type=StopInput)
@@ -146,20 +163,6 @@ class SamplingFields(BaseModel):
             return [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError("must be a string or a list of strings")
-        return value
-
-    @field_validator("frequency_penalty", "presence_penalty")
-    @classmethod
-    def _neutral_penalty(cls, value: float) -> float:
-        if value != 0:
-            raise ValueError("is not supported by this server; leave it at 0")
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _no_logit_bias(cls, value: dict | None) -> dict | None:
-        if value:
-            raise ValueError("is not supported by this server")
         return value
 
     @field_validator("stream_options")
@@ -180,6 +183,29 @@ class SamplingFields(BaseModel):
 
     def to_guidance(self) -> Guidance:
         return self.guidance.to_guidance() if self.guidance else Guidance()
+
+    @property
+    def logit_bias_ids(self) -> list[int]:
+        return [int(key) for key in self.logit_bias or {}]
+
+    def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+        """The engine's parameters; `max_tokens` comes resolved (and checked against the context) by the service."""
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            stop_token_ids=tuple(self.stop_token_ids),
+            ignore_eos=self.ignore_eos,
+            logprobs=logprobs,
+            min_p=self.min_p,
+            min_tokens=self.min_tokens,
+            logit_bias=tuple((int(key), bias) for key, bias in (self.logit_bias or {}).items()),
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+        )
 
 
 class UsageInfo(BaseModel):

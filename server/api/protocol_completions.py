@@ -83,17 +83,7 @@ class CompletionRequest(SamplingFields):
         return self.max_tokens
 
     def to_sampling_params(self, max_tokens: int) -> SamplingParams:
-        """`max_tokens` comes resolved (and checked against the context) by the service."""
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            seed=self.seed,
-            stop_token_ids=tuple(self.stop_token_ids),
-            ignore_eos=self.ignore_eos,
-            logprobs=self.logprobs,
-        )
+        return self.sampling_params(max_tokens, self.logprobs)
 
 
 class CompletionLogprobs(BaseModel):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from llmdoctor.server.api.protocol_models import ModelCard, ModelList
+from pydantic import ValidationError
+
+from llmdoctor.server.api.protocol_models import DoctorEval, ModelCard, ModelList
 from llmdoctor.server.engine.protocol import Engine, Guidance
 from llmdoctor.server.errors import InvalidRequestError, NotFoundError
 
@@ -48,5 +50,22 @@ class ModelsService:
         cards = [ModelCard(id=self.patient, kind="patient", max_model_len=self.engine.max_model_len)]
         for adapter in sorted(self.engine.adapters(), key=lambda a: (a.kind, a.name)):
             kind = "patient_adapter" if adapter.kind == "patient" else "doctor"
-            cards.append(ModelCard(id=adapter.name, kind=kind, parent=adapter.base_model))
+            cards.append(ModelCard(id=adapter.name, kind=kind, parent=adapter.base_model,
+                                   dimension=_text(adapter.meta.get("dimension")), eval=_eval_row(adapter.meta)))
         return ModelList(data=cards)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _eval_row(meta: dict) -> DoctorEval | None:
+    """llmdoctor.json's recipe eval row; None when there is none or it is not the recipe's shape
+    (a hand-written llmdoctor.json must not break the listing)."""
+    recipe = meta.get("recipe")
+    if not isinstance(recipe, dict):
+        return None
+    try:
+        return DoctorEval.model_validate(recipe.get("eval"))
+    except ValidationError:
+        return None

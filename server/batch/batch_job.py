@@ -25,11 +25,12 @@ from pydantic import ValidationError
 
 from llmdoctor.server.batch.batch_files import BatchFileError, BatchRequest, ResultFile, read_requests
 from llmdoctor.server.config import ServerSettings
+from llmdoctor.server.shipped_doctors import startup_doctors
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 # the serve flags a batch job takes too (the engine, its model, doctors and adapters)
-ENGINE_FIELDS = ("model", "doctor_base", "doctor", "lora", "engine", "device", "dtype", "max_batch", "max_queue",
-                 "request_timeout", "cache_dir", "max_model_len", "max_lora_rank", "max_loras", "log_level")
+ENGINE_FIELDS = ("model", "doctor_base", "doctor", "default_doctors", "lora", "engine", "device", "dtype", "max_batch",
+                 "max_queue", "request_timeout", "cache_dir", "max_model_len", "max_lora_rank", "max_loras", "log_level")
 BATCHES_IN_FLIGHT = 4  # per replica: Ray Data's default concurrency for an async batch UDF
 
 
@@ -199,10 +200,11 @@ def options_from_args(args: argparse.Namespace) -> BatchOptions:
             where = ".".join(str(p) for p in error["loc"])
             raise BatchUsageError(f"--guidance: {where + ': ' if where else ''}{error['msg']}; "
                                   'expected JSON such as \'{"doctors": {"cheerful": 1.0}}\'') from None
-        known = {d.name for d in settings.doctor}
+        known = {entry.name for _, entry in startup_doctors(settings)}
         unknown = [d["name"] for d in guidance["doctors"] if d["name"] not in known]
         if unknown:
-            raise BatchUsageError(f"--guidance names doctor {unknown[0]!r}, which no --doctor NAME=PATH loads "
+            raise BatchUsageError(f"--guidance names doctor {unknown[0]!r}, which neither --doctor NAME=PATH nor the "
+                                  "shipped doctors load "
                                   f"(given: {', '.join(sorted(known)) or 'none'})")
     return BatchOptions(input=args.input, output=args.output, settings=settings, replicas=args.replicas,
                         ray_address=args.ray_address, guidance=guidance, batch_size=args.batch_size,

@@ -67,6 +67,10 @@ def check_request(request: GenerateRequest, vocab_size: int, max_model_len: int)
         raise InvalidRequestError("the prompt must contain at least one token", "prompt")
     if min(prompt) < 0 or max(prompt) >= vocab_size:
         raise InvalidRequestError(f"prompt token ids must be in [0, {vocab_size})", "prompt")
+    for token, _ in request.sampling.logit_bias:
+        if not 0 <= token < vocab_size:
+            raise InvalidRequestError(f"logit_bias token id {token} is out of the vocabulary [0, {vocab_size})",
+                                      "logit_bias")
     total = len(prompt) + request.sampling.max_tokens
     if total > max_model_len:
         raise ContextOverflowError(

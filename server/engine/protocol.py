@@ -39,6 +39,8 @@ MIN_WEIGHT = 1e-6  # a non-zero weight smaller than this is a typo for 0 (and un
 MAX_TEMPERATURE = 2.0  # OpenAI's and vLLM's limit (vLLM 0.32 refuses more)
 MIN_TEMPERATURE = 1e-2  # vLLM's _MAX_TEMP: 0 < t < 0.01 is raised to 0.01 (logprobs / t would overflow)
 MAX_TOP_K = 2**31 - 1  # vLLM keeps top_k in an int32 tensor; any value >= the vocabulary means off
+MAX_PENALTY = 2.0  # presence/frequency: OpenAI's and vLLM's range [-2, 2]
+MAX_REPETITION_PENALTY = 100.0  # vLLM takes any value > 0; beyond 100 a seen token is simply banned
 SEED_RANGE = (-(2**63), 2**64)  # torch.Generator.manual_seed's inclusive-exclusive range
 
 
@@ -106,6 +108,13 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()  # in addition to the model's eos unless ignore_eos
     ignore_eos: bool = False
     logprobs: int | None = None  # None = none; 0 = sampled token only; k = also the top k
+    # what they do, and in which order: logit_adjust.py
+    min_p: float = 0.0  # 0 = off
+    min_tokens: int = 0  # EOS and stop_token_ids are impossible before this many tokens
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), bias clamped to [-100, 100]
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # 1 = off
 
     def __post_init__(self):
         if self.max_tokens < 1:
@@ -123,6 +132,21 @@ class SamplingParams:
             raise InvalidRequestError(f"seed must be in [-2**63, 2**64), got {self.seed}", "seed")
         if self.logprobs is not None and not (0 <= self.logprobs <= 20):
             raise InvalidRequestError(f"logprobs must be between 0 and 20, got {self.logprobs}", "logprobs")
+        if not (0 <= self.min_p <= 1):
+            raise InvalidRequestError(f"min_p must be in [0, 1], got {self.min_p}", "min_p")
+        if not (0 <= self.min_tokens <= self.max_tokens):
+            raise InvalidRequestError(f"min_tokens must be in [0, max_tokens ({self.max_tokens})], got "
+                                      f"{self.min_tokens}", "min_tokens")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not (-MAX_PENALTY <= value <= MAX_PENALTY):
+                raise InvalidRequestError(f"{name} must be in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}], got {value}", name)
+        if not (0 < self.repetition_penalty <= MAX_REPETITION_PENALTY):
+            raise InvalidRequestError(f"repetition_penalty must be in (0, {MAX_REPETITION_PENALTY:g}], got "
+                                      f"{self.repetition_penalty}", "repetition_penalty")
+        for token, bias in self.logit_bias:
+            if not math.isfinite(bias):
+                raise InvalidRequestError(f"logit_bias[{token}] must be a finite number, got {bias}", "logit_bias")
 
 
 @dataclass(frozen=True)

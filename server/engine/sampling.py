@@ -1,4 +1,4 @@
-"""Batched sampling: temperature, top-k, top-p and a seeded draw for every row of a step at once.
+"""Batched sampling: temperature, min_p, top-k, top-p and a seeded draw for every row of a step at once.
 
 One call per decode step, whatever the rows ask for: no Python per row, no per-row kernel launches,
 one device-to-host transfer (the chosen tokens). Greedy rows (temperature 0) take the argmax.
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from llmdoctor.server.engine.logit_adjust import min_p_filter
+
 MASK32 = 0xFFFFFFFF
 
 
@@ -30,10 +32,12 @@ class SamplingBatch:
     position: torch.Tensor  # int64: index of the token being drawn (0 = first output token)
     all_greedy: bool  # known on the host, so no device sync decides which path a step takes
     filtered: bool  # some row has top-k or top-p on
+    min_p: torch.Tensor | None = None  # float32; None when no row has min_p on
 
     @classmethod
     def build(cls, temperatures: list[float], top_ks: list[int], top_ps: list[float], seeds: list[int],
-              positions: list[int], device: torch.device | str = "cpu") -> SamplingBatch:
+              positions: list[int], device: torch.device | str = "cpu",
+              min_ps: list[float] | None = None) -> SamplingBatch:
         return cls(
             torch.tensor(temperatures, dtype=torch.float32, device=device),
             torch.tensor(top_ks, dtype=torch.int64, device=device),
@@ -42,6 +46,7 @@ class SamplingBatch:
             torch.tensor(positions, dtype=torch.int64, device=device),
             all_greedy=all(t == 0.0 for t in temperatures),
             filtered=any(k > 0 for k in top_ks) or any(p < 1.0 for p in top_ps),
+            min_p=torch.tensor(min_ps, dtype=torch.float32, device=device) if any(min_ps or ()) else None,
         )
 
 
@@ -112,6 +117,8 @@ def sample_rows(logprobs: torch.Tensor, params: SamplingBatch) -> torch.Tensor:
     logprobs = logprobs.float()
     temperature = torch.where(greedy, 1.0, params.temperature).unsqueeze(-1)
     logits = logprobs / temperature
+    if params.min_p is not None:  # after temperature, before top-k / top-p, as in vLLM
+        logits = min_p_filter(logits, params.min_p)
     if params.filtered:
         logits = filter_top_k_top_p(logits, params.top_k, params.top_p)
     gumbel = -torch.log(-torch.log(uniform_noise(params.seed, params.position, logits.shape[-1])))

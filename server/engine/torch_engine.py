@@ -38,6 +38,7 @@ from llmdoctor.server.engine.protocol import (
     TokenLogprob,
 )
 from llmdoctor.server.engine.row_batch import RowBatch, StepLogits, StepPlan
+from llmdoctor.server.engine.logit_adjust import adjust_scores, needs_adjusting
 from llmdoctor.server.engine.sampling import SamplingBatch, sample_rows, top_logprobs
 from llmdoctor.server.engine.sequence import Sequence
 from llmdoctor.server.model_store import ResolvedModel
@@ -292,11 +293,14 @@ class TorchEngine:
         if guided:
             rule[guided] = self._rule_logprobs([seqs[i] for i in guided], rule[guided], doctor, patient_logprobs)
         params = [seq.request.sampling for seq in seqs]
+        self._adjust(rule, seqs, params, patient.logits, rows)
         batch = SamplingBatch.build([p.temperature for p in params], [p.top_k for p in params],
                                     [p.top_p for p in params], [seq.seed for seq in seqs],
-                                    [len(seq.output) for seq in seqs], rule.device)
+                                    [len(seq.output) for seq in seqs], rule.device, [p.min_p for p in params])
         drawn = sample_rows(rule, batch)  # a row's token depends on its row alone, so a bad row spoils no other
-        tokens, finite = torch.stack([drawn, rule.isfinite().all(dim=-1).long()]).tolist()  # one transfer
+        # a usable row has a finite top score: NaN propagates through amax; min_tokens' -inf entries are fine
+        finite = rule.amax(dim=-1).isfinite()
+        tokens, finite = torch.stack([drawn, finite.long()]).tolist()  # one transfer
         if not all(finite):
             seqs, rule, tokens = self._fail_non_finite(seqs, rule, tokens, finite)
             if not seqs:
@@ -313,6 +317,20 @@ class TorchEngine:
         self._release(finished)
         self._steps += 1
         self._generated += len(seqs)
+
+    def _adjust(self, rule: torch.Tensor, seqs: list[Sequence], params: list, patient_logits: torch.Tensor,
+                rows: torch.Tensor) -> None:
+        """min_tokens, logit_bias and the penalties, in place, on the rows that ask (logit_adjust.py)."""
+        if not any(needs_adjusting(p, len(seq.output)) for p, seq in zip(params, seqs)):
+            return
+        # an unguided row's repetition penalty acts on the patient's logits, as in vLLM (logit_adjust.py)
+        raw = [i for i, (p, seq) in enumerate(zip(params, seqs))
+               if seq.request.guidance.is_plain and p.repetition_penalty != 1.0]
+        if raw:
+            rule[raw] = patient_logits.index_select(0, rows[raw]).to(rule.dtype)
+        changed = adjust_scores(rule, params, [seq.request.prompt_token_ids for seq in seqs],
+                                [seq.output for seq in seqs], [sorted(seq.stop_ids) for seq in seqs])
+        rule[changed] = logprobs_from_logits(rule[changed]).to(rule.dtype)
 
     def _rule_logprobs(self, seqs: list[Sequence], patient_logprobs: torch.Tensor, doctor: StepLogits | None,
                        all_patient_logprobs: torch.Tensor) -> torch.Tensor:

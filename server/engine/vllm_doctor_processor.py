@@ -41,6 +41,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 
 from llmdoctor.server.engine.decode_rule import combine_logprobs, logprobs_from_logits, rule_weights
 from llmdoctor.server.engine.doctor_runner import DoctorRunner
+from llmdoctor.server.engine.logit_adjust import mask_and_bias
 from llmdoctor.server.engine.lora_host import LoraHost
 from llmdoctor.server.engine.model_checks import check_full_attention, eos_ids
 from llmdoctor.server.engine.row_batch import RowBatch, StepPlan
@@ -123,6 +124,7 @@ class GuidedRow:
     guidance: RowGuidance
     prompt: list[int]
     output: list[int]  # vLLM's live list of the request's sampled tokens
+    stops: tuple[int, ...] = ()  # what min_tokens keeps out: EOS (unless ignore_eos) and stop_token_ids
     fed: int = 0  # tokens the doctor rows hold (0: not joined)
     ended: bool = False  # blamed for a failure: forced to EOS until vLLM retires it
 
@@ -187,7 +189,8 @@ class DoctorLogitsProcessor(LogitsProcessor):
             self._drop(index)  # an added request may replace the one at its index
             guidance = parse_guidance(params.extra_args)
             if guidance is not None:
-                self.rows[index] = GuidedRow(next(self.keys), guidance, list(prompt or ()), output)
+                stops = tuple(sorted(params.all_stop_token_ids)) if guidance.min_tokens else ()
+                self.rows[index] = GuidedRow(next(self.keys), guidance, list(prompt or ()), output, stops)
         for a, b, direction in batch_update.moved:
             row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
             if row_a is not None:
@@ -307,8 +310,14 @@ class DoctorLogitsProcessor(LogitsProcessor):
         alpha, betas = rule_weights([row.guidance.alpha for row in rows], [row.guidance.betas for row in rows],
                                     patient.device)
         rule = combine_logprobs(patient, doctors, alpha, betas)
+        finite = rule.isfinite().all(dim=-1).tolist()  # (G,): one transfer per step (before min_tokens' -inf)
+        # min_tokens and logit_bias after the rule (logit_adjust.py); vLLM's penalties follow this processor
+        adjusted = [i for i, row in enumerate(rows)
+                    if row.guidance.logit_bias or len(row.output) < row.guidance.min_tokens]
+        if adjusted:
+            mask_and_bias(rule, adjusted, [rows[i].guidance for i in adjusted], [len(rows[i].output) for i in adjusted],
+                          [rows[i].stops for i in adjusted])
         logits[indices] = rule.to(logits.dtype)
-        finite = rule.isfinite().all(dim=-1).tolist()  # (G,): one transfer per step
         for index, ok in zip(indices, finite):
             if not ok:
                 logger.error("non-finite rule log-probs in batch row %d; ending that request", index)

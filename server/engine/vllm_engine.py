@@ -368,19 +368,29 @@ def _sampling_params(request: GenerateRequest):
     from vllm.sampling_params import RequestOutputKind
 
     s = request.sampling
+    # vLLM applies min_tokens and logit_bias before logits processors, to the patient's logits: for a guided
+    # request our processor applies them to the rule instead (logit_adjust.py's order); penalties and min_p
+    # come after the processor in vLLM's sampler, where they belong
+    extra_args = guidance_extra_args(request.guidance, s.min_tokens, s.logit_bias)
     return SamplingParams(
         n=1,
         max_tokens=s.max_tokens,
         temperature=s.temperature,
         top_p=s.top_p,
         top_k=s.top_k if s.top_k > 0 else 0,
+        min_p=s.min_p,
         seed=s.seed,
         stop_token_ids=list(s.stop_token_ids),
         ignore_eos=s.ignore_eos,
+        min_tokens=0 if extra_args else s.min_tokens,
+        logit_bias=None if extra_args or not s.logit_bias else dict(s.logit_bias),
+        presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty,
+        repetition_penalty=s.repetition_penalty,
         logprobs=s.logprobs,
         detokenize=False,  # the API layer detokenizes (and applies stop strings) itself
         output_kind=RequestOutputKind.DELTA,
-        extra_args=guidance_extra_args(request.guidance),
+        extra_args=extra_args,
     )
 
 

@@ -24,14 +24,23 @@ class RowGuidance:
     alpha: float
     doctors: tuple[str, ...]
     betas: tuple[float, ...]
+    # min_tokens and logit_bias act after the rule (logit_adjust.py); vLLM's own would act before the
+    # processor, on the patient's logits, so a guided request's travel here and the processor applies them
+    min_tokens: int = 0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
 
-def guidance_extra_args(guidance: Guidance) -> dict | None:
+def guidance_extra_args(guidance: Guidance, min_tokens: int = 0, logit_bias=()) -> dict | None:
     """extra_args for a request, or None when the rule is the patient's own distribution (no processor cost)."""
     if guidance.is_plain:
         return None
     doctors = [[d.name, d.beta, d.mode] for d in guidance.active]
-    return {EXTRA_ARGS_KEY: {"alpha": guidance.alpha, "doctors": doctors}}
+    value = {"alpha": guidance.alpha, "doctors": doctors}
+    if min_tokens:
+        value["min_tokens"] = min_tokens
+    if logit_bias:
+        value["logit_bias"] = [[token, bias] for token, bias in logit_bias]
+    return {EXTRA_ARGS_KEY: value}
 
 
 def parse_guidance(extra_args: dict | None) -> RowGuidance | None:
@@ -67,4 +76,13 @@ def parse_guidance(extra_args: dict | None) -> RowGuidance | None:
         raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}: {exc.message}") from exc
     if guidance.is_plain:
         return None
-    return RowGuidance(guidance.rule_alpha, tuple(names), tuple(w.beta for w in weights))
+    min_tokens = value.get("min_tokens", 0)
+    if isinstance(min_tokens, bool) or not isinstance(min_tokens, int) or min_tokens < 0:
+        raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}.min_tokens must be a whole number >= 0, got {min_tokens!r}")
+    bias = value.get("logit_bias", [])
+    if not isinstance(bias, (list, tuple)) or not all(
+            isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], int) and not isinstance(e[0], bool)
+            and e[0] >= 0 and isinstance(e[1], (int, float)) and math.isfinite(e[1]) for e in bias):
+        raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}.logit_bias must be a list of [token id, finite bias] entries")
+    return RowGuidance(guidance.rule_alpha, tuple(names), tuple(w.beta for w in weights), min_tokens,
+                       tuple((int(t), float(b)) for t, b in bias))

@@ -128,6 +128,12 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
+class EvalRow(BaseModel):
+    kl_per_token: Annotated[float, Field(title="Kl Per Token")]
+    score: Annotated[float, Field(title="Score")]
+    mean_tokens: Annotated[float, Field(title="Mean Tokens")]
+
+
 DoctorsAdditionalProperty = TypeAliasType(
     "DoctorsAdditionalProperty",
     Annotated[
@@ -184,21 +190,6 @@ class LoadAdapterRequest(BaseModel):
         str, Field(description="adapter folder on the server, under an --adapter-root", min_length=1, title="Path")
     ]
     kind: Annotated[Literal["patient", "doctor"], Field(title="Kind")]
-
-
-class ModelCard(BaseModel):
-    id: Annotated[str, Field(title="Id")]
-    object: Annotated[Literal["model"], Field(title="Object")] = "model"
-    created: Annotated[int | None, Field(title="Created")] = None
-    owned_by: Annotated[str | None, Field(title="Owned By")] = "llmdoctor"
-    kind: Annotated[Literal["patient", "patient_adapter", "doctor"], Field(title="Kind")]
-    parent: Annotated[str | None, Field(title="Parent")] = None
-    max_model_len: Annotated[int | None, Field(title="Max Model Len")] = None
-
-
-class ModelList(BaseModel):
-    object: Annotated[Literal["list"], Field(title="Object")] = "list"
-    data: Annotated[list[ModelCard], Field(title="Data")]
 
 
 class PromptInput1(RootModel[list[str]]):
@@ -360,9 +351,52 @@ class CompletionRequest(BaseModel):
     stream: Annotated[bool | None, Field(title="Stream")] = False
     stream_options: StreamOptions | None = None
     guidance: GuidanceSchema | None = None
-    frequency_penalty: Annotated[float | None, Field(title="Frequency Penalty")] = 0.0
-    presence_penalty: Annotated[float | None, Field(title="Presence Penalty")] = 0.0
-    logit_bias: Annotated[dict[str, float] | None, Field(title="Logit Bias")] = None
+    frequency_penalty: Annotated[
+        float | None,
+        Field(
+            description="minus penalty x the token's count in the output so far",
+            ge=-2.0,
+            le=2.0,
+            title="Frequency Penalty",
+        ),
+    ] = 0.0
+    presence_penalty: Annotated[
+        float | None,
+        Field(description="minus penalty once the token is in the output", ge=-2.0, le=2.0, title="Presence Penalty"),
+    ] = 0.0
+    repetition_penalty: Annotated[
+        float | None,
+        Field(
+            description="vLLM's extension: a token seen in the prompt or output has its score divided by this when positive, multiplied when not; 1 = off",
+            gt=0.0,
+            le=100.0,
+            title="Repetition Penalty",
+        ),
+    ] = 1.0
+    logit_bias: Annotated[
+        dict[Annotated[str, StringConstraints(pattern=r"^[0-9]{1,10}$")], float] | None,
+        Field(
+            description="token id (as a string) -> a bias added to its score, in [-100, 100]; -100 bans it",
+            title="Logit Bias",
+        ),
+    ] = None
+    min_p: Annotated[
+        float | None,
+        Field(
+            description="vLLM's extension: drop tokens less likely than min_p x the most likely one (after temperature); 0 = off",
+            ge=0.0,
+            le=1.0,
+            title="Min P",
+        ),
+    ] = 0.0
+    min_tokens: Annotated[
+        int | None,
+        Field(
+            description="vLLM's extension: EOS and stop_token_ids cannot end the output before this many tokens",
+            ge=0,
+            title="Min Tokens",
+        ),
+    ] = 0
     user: Annotated[str | None, Field(title="User")] = None
     prompt: Annotated[
         str | PromptInput1 | PromptInput2 | PromptInput3,
@@ -387,6 +421,21 @@ class CompletionResponse(BaseModel):
     usage: UsageInfo | None = None
 
 
+class DoctorEval(BaseModel):
+    """
+    How a doctor made by `llmdoctor recipe` did on held-out prompts (its llmdoctor.json).
+    """
+
+    score: Annotated[str, Field(title="Score")]
+    beta: Annotated[float, Field(title="Beta")]
+    doctor: EvalRow
+    patient: EvalRow
+    dpo: EvalRow | None = None
+    prompts: Annotated[str | None, Field(title="Prompts")] = None
+    max_tokens: Annotated[int | None, Field(title="Max Tokens")] = None
+    temperature: Annotated[float | None, Field(title="Temperature")] = None
+
+
 class HealthStatus(BaseModel):
     """
     200: the engine loop runs and the server admits requests. Otherwise a 503 ErrorResponse,
@@ -396,6 +445,23 @@ class HealthStatus(BaseModel):
 
     status: Annotated[Literal["ok"], Field(title="Status")] = "ok"
     replicas: Annotated[list[ReplicaHealth] | None, Field(title="Replicas")] = None
+
+
+class ModelCard(BaseModel):
+    id: Annotated[str, Field(title="Id")]
+    object: Annotated[Literal["model"], Field(title="Object")] = "model"
+    created: Annotated[int | None, Field(title="Created")] = None
+    owned_by: Annotated[str | None, Field(title="Owned By")] = "llmdoctor"
+    kind: Annotated[Literal["patient", "patient_adapter", "doctor"], Field(title="Kind")]
+    parent: Annotated[str | None, Field(title="Parent")] = None
+    max_model_len: Annotated[int | None, Field(title="Max Model Len")] = None
+    dimension: Annotated[str | None, Field(title="Dimension")] = None
+    eval: DoctorEval | None = None
+
+
+class ModelList(BaseModel):
+    object: Annotated[Literal["list"], Field(title="Object")] = "list"
+    data: Annotated[list[ModelCard], Field(title="Data")]
 
 
 class TokenLogprobOut(BaseModel):
@@ -487,9 +553,52 @@ class ChatCompletionRequest(BaseModel):
     stream: Annotated[bool | None, Field(title="Stream")] = False
     stream_options: StreamOptions | None = None
     guidance: GuidanceSchema | None = None
-    frequency_penalty: Annotated[float | None, Field(title="Frequency Penalty")] = 0.0
-    presence_penalty: Annotated[float | None, Field(title="Presence Penalty")] = 0.0
-    logit_bias: Annotated[dict[str, float] | None, Field(title="Logit Bias")] = None
+    frequency_penalty: Annotated[
+        float | None,
+        Field(
+            description="minus penalty x the token's count in the output so far",
+            ge=-2.0,
+            le=2.0,
+            title="Frequency Penalty",
+        ),
+    ] = 0.0
+    presence_penalty: Annotated[
+        float | None,
+        Field(description="minus penalty once the token is in the output", ge=-2.0, le=2.0, title="Presence Penalty"),
+    ] = 0.0
+    repetition_penalty: Annotated[
+        float | None,
+        Field(
+            description="vLLM's extension: a token seen in the prompt or output has its score divided by this when positive, multiplied when not; 1 = off",
+            gt=0.0,
+            le=100.0,
+            title="Repetition Penalty",
+        ),
+    ] = 1.0
+    logit_bias: Annotated[
+        dict[Annotated[str, StringConstraints(pattern=r"^[0-9]{1,10}$")], float] | None,
+        Field(
+            description="token id (as a string) -> a bias added to its score, in [-100, 100]; -100 bans it",
+            title="Logit Bias",
+        ),
+    ] = None
+    min_p: Annotated[
+        float | None,
+        Field(
+            description="vLLM's extension: drop tokens less likely than min_p x the most likely one (after temperature); 0 = off",
+            ge=0.0,
+            le=1.0,
+            title="Min P",
+        ),
+    ] = 0.0
+    min_tokens: Annotated[
+        int | None,
+        Field(
+            description="vLLM's extension: EOS and stop_token_ids cannot end the output before this many tokens",
+            ge=0,
+            title="Min Tokens",
+        ),
+    ] = 0
     user: Annotated[str | None, Field(title="User")] = None
     messages: Annotated[list[ChatMessage], Field(min_length=1, title="Messages")]
     max_tokens: Annotated[MaxTokens | None, Field(title="Max Tokens")] = None

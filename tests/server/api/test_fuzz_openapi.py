@@ -135,16 +135,16 @@ def _is_integral(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-NEUTRAL_DROPS = ("frequency_penalty", "presence_penalty", "logit_bias", "echo", "suffix", "best_of")
+NEUTRAL_DROPS = ("echo", "suffix", "best_of")
 VOCAB = 49152  # the embedded model's vocabulary (FACTS.md); the document states no bound on token ids
 
 
 def neutralise(case):
     """Drop what a schema-valid request may carry that the server rightly refuses, so that half of the
     positive cases reach the decoder instead of a 400: fields served only at their neutral value
-    (penalties, logit_bias, echo, suffix, best_of other than n), cross-field rules JSON Schema does
-    not state (stream_options needs stream, top_logprobs needs logprobs, continue_final_message needs
-    add_generation_prompt false), and what the document does not bound yet (empty prompts, token ids
+    (echo, suffix, best_of other than n), cross-field rules JSON Schema does not state (stream_options
+    needs stream, top_logprobs needs logprobs, continue_final_message needs add_generation_prompt false,
+    min_tokens <= max_tokens), and what the document does not bound yet (empty prompts, token ids
     outside the vocabulary: see test_regression_document_states_single_field_rule). Positive mode
     only: in negative mode this could make a case valid."""
     body = case.body
@@ -154,6 +154,11 @@ def neutralise(case):
             body["prompt"] = prompts[:MAX_PROMPTS] or ["Hello"]
         if isinstance(body.get("stop_token_ids"), list):
             body["stop_token_ids"] = [abs(int(t)) % VOCAB for t in body["stop_token_ids"]]
+        if isinstance(body.get("logit_bias"), dict):
+            body["logit_bias"] = {str(int(k) % VOCAB): v for k, v in body["logit_bias"].items()}
+        asked = body.get("max_tokens") or body.get("max_completion_tokens") or 0
+        if isinstance(body.get("min_tokens"), int) and not (isinstance(asked, int) and body["min_tokens"] <= asked):
+            body.pop("min_tokens")
         for key in NEUTRAL_DROPS:
             body.pop(key, None)
         if not body.get("stream"):

@@ -40,9 +40,19 @@ def test_sampling_stop_of_wrong_type_is_refused():
         CompletionRequest(prompt="x", stop=3)
 
 
-def test_sampling_nonzero_penalty_is_refused():
-    with pytest.raises(ValidationError, match="frequency_penalty"):
-        CompletionRequest(prompt="x", frequency_penalty=0.5)
+@pytest.mark.parametrize("field, value", [("frequency_penalty", 2.5), ("presence_penalty", -2.5),
+                                          ("repetition_penalty", 0), ("min_p", 1.5), ("min_tokens", -1),
+                                          ("logit_bias", {"fifty": 1.0}), ("logit_bias", {"5": 101.0})])
+def test_sampling_parameters_out_of_range_name_the_field(field, value):
+    with pytest.raises(ValidationError, match=field):
+        CompletionRequest(prompt="x", **{field: value})
+
+
+def test_sampling_parameters_reach_the_engine():
+    params = CompletionRequest(prompt="x", frequency_penalty=0.5, presence_penalty=-0.5, repetition_penalty=1.2,
+                               min_p=0.1, min_tokens=3, logit_bias={"50": -100, "7": 2.5}).to_sampling_params(8)
+    assert (params.frequency_penalty, params.presence_penalty, params.repetition_penalty) == (0.5, -0.5, 1.2)
+    assert (params.min_p, params.min_tokens, dict(params.logit_bias)) == (0.1, 3, {50: -100.0, 7: 2.5})
 
 
 def test_sampling_stream_options_without_stream_is_refused():

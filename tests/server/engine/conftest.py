@@ -27,3 +27,15 @@ async def engine(embedded_model, doctor_adapter_dir, second_doctor_adapter_dir, 
     await engine.load_adapter("pat", str(patient_adapter_dir), "patient")
     yield engine
     await engine.shutdown(grace_seconds=1)
+
+
+@pytest.fixture(scope="session")
+def reference_doctors(embedded_model, doctor_adapter_dir, second_doctor_adapter_dir):
+    """The engine fixture's two doctors ("cheerful", "terse") as peft models, for direct computations."""
+    from peft import PeftModel
+
+    def load(path):
+        base = AutoModelForCausalLM.from_pretrained(embedded_model.folder, dtype=torch.float32)
+        return PeftModel.from_pretrained(base, str(path)).eval()
+
+    return load(doctor_adapter_dir), load(second_doctor_adapter_dir)

@@ -2,8 +2,6 @@ import asyncio
 
 import pytest
 import torch
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
 
 from llmdoctor.server.engine.decode_rule import combine_logprobs
 from llmdoctor.server.engine.sampling import SamplingBatch, sample_rows
@@ -43,15 +41,6 @@ def _reference_rule_logprobs(base, doctors, prompt_ids, tokens, alpha, betas):
     rule = combine_logprobs(patient, docs, alpha, torch.tensor(betas))  # (T, V)
     positions = torch.arange(len(prompt_ids) - 1, ids.shape[1])
     return rule[positions], rule[positions, torch.tensor(tokens)]
-
-
-@pytest.fixture(scope="module")
-def reference_doctors(embedded_model, doctor_adapter_dir, second_doctor_adapter_dir):
-    def load(path):
-        base = AutoModelForCausalLM.from_pretrained(embedded_model.folder, dtype=torch.float32)
-        return PeftModel.from_pretrained(base, str(path)).eval()
-
-    return load(doctor_adapter_dir), load(second_doctor_adapter_dir)
 
 
 async def test_guided_logprobs_equal_reference_from_the_models(engine, hf_model, tokenizer, reference_doctors):

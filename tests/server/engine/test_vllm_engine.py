@@ -60,6 +60,26 @@ async def test_guided_greedy_equals_the_torch_engine(vllm_engine, engine, tokeni
         assert ours == reference
 
 
+@pytest.mark.parametrize("sampling", [
+    {"repetition_penalty": 1.6}, {"frequency_penalty": 1.2, "presence_penalty": 0.6},
+    {"logit_bias": ((11, 4.0), (28, -100.0)), "repetition_penalty": 1.2},
+    {"min_tokens": 10}, {"temperature": 1.3, "seed": 5, "min_p": 1.0},
+], ids=["repetition", "frequency-presence", "bias-repetition", "min-tokens", "min-p"])
+@pytest.mark.parametrize("guidance", [Guidance(), BOTH], ids=["unguided", "guided"])
+async def test_sampling_parameters_equal_the_torch_engine(vllm_engine, engine, tokenizer, sampling, guidance):
+    """Unguided: vLLM's own penalties, on the patient's logits; guided: after our rule (logit_adjust.py's
+    order), with min_tokens and logit_bias applied by our processor. The torch engine is checked against a
+    direct computation (test_sampling_params.py)."""
+    if "min_tokens" in sampling:  # a stop token the request would otherwise end on at its third token
+        plain = (await _collect(engine, _request(tokenizer, PROMPTS[1], guidance, max_tokens=16)))[0]
+        sampling = {**sampling, "stop_token_ids": (plain[2],)}
+    request = _request(tokenizer, PROMPTS[1], guidance, max_tokens=16, **{"temperature": 0.0, **sampling})
+    ours, reference = await _both(vllm_engine, engine, request)
+    assert ours == reference
+    if "min_tokens" in sampling:
+        assert len(ours) >= 10
+
+
 async def test_guided_output_differs_from_the_patient(vllm_engine, tokenizer):
     plain = (await _collect(vllm_engine, _request(tokenizer, PROMPTS[1], max_tokens=24)))[0]
     guided = (await _collect(vllm_engine, _request(tokenizer, PROMPTS[1], CHEERFUL, max_tokens=24)))[0]

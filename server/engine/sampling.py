@@ -81,8 +81,9 @@ def uniform_noise(seed: torch.Tensor, position: torch.Tensor, vocab: int) -> tor
     key = _mix32(key ^ (position & MASK32))  # (R,)
     ids = _mix32(torch.arange(vocab, dtype=torch.int64, device=seed.device) + 0x632BE5AB)  # (V,)
     bits = _mix32(key.unsqueeze(-1) ^ ids.unsqueeze(0))  # (R, V)
-    # 24 high bits and a half step: strictly inside (0, 1) in float32
-    return ((bits >> 8).float() + 0.5) * (1.0 / (1 << 24))
+    # 24 high bits and a half step, capped below 1: the top value, 1 - 2**-25, rounds to 1.0 in float32, and
+    # u = 1 makes the Gumbel noise +inf, which drew that token whatever its log-prob (a masked -inf one too)
+    return (((bits >> 8).float() + 0.5) * (1.0 / (1 << 24))).clamp(max=1.0 - 2.0**-24)
 
 
 # ---- filters -----------------------------------------------------------------------------------------

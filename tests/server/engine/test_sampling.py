@@ -114,6 +114,19 @@ def test_masked_tokens_are_never_drawn():
     assert not (sample_rows(lp, _batch(n, positions=list(range(n)))) == 1).any()
 
 
+def test_masked_tokens_are_never_drawn_over_a_full_vocabulary():
+    """Regression: the noise's top value rounded to 1.0 in float32 (p = 2**-24 per token), which made the
+    Gumbel noise +inf and drew that token even when masked (-inf): ~0.3% of steps over 49152 tokens drew a
+    token a grammar had ruled out."""
+    n, vocab = 1500, 49152
+    batch = _batch(n, seeds=list(range(n)))
+    u = uniform_noise(batch.seed, batch.position, vocab)
+    assert (u < 1).all() and (u == 1.0 - 2.0**-24).any()  # the top value occurs here, capped below 1
+    lp = torch.full((n, vocab), float("-inf"))
+    lp[:, :2] = math.log(0.5)
+    assert (sample_rows(lp, batch) < 2).all()
+
+
 @pytest.mark.parametrize("seed", [-(2**63), -1, 0, 2**63 - 1, 2**63, 2**64 - 1])
 def test_every_api_seed_works_and_distinct_64_bit_seeds_differ(seed):
     batch = _batch(1, seeds=[seed])

@@ -122,7 +122,8 @@ def check_startup_adapters(engine: Engine, settings: ServerSettings) -> None:
         try:
             adapters.check_trusted(entry.name, entry.path, kind)
         except LLMDoctorError as exc:
-            raise ConfigError(f"{flag} {entry.name}={entry.path}: {exc.message}") from None
+            hint = "; --no-default-doctors skips the shipped doctors" if flag == "--default-doctors" else ""
+            raise ConfigError(f"{flag} {entry.name}={entry.path}: {exc.message}{hint}") from None
 
 
 async def load_startup_adapters(adapters: AdaptersService, settings: ServerSettings) -> None:

@@ -18,8 +18,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, ValidationInfo, field_validator
 from typing_extensions import TypeAliasType
 
-from llmdoctor.server.engine.logit_adjust import MAX_BIAS
 from llmdoctor.server.engine.protocol import (
+    MAX_BIAS,
     MAX_PENALTY,
     MAX_REPETITION_PENALTY,
     MAX_TEMPERATURE,
@@ -30,8 +30,11 @@ from llmdoctor.server.engine.protocol import (
     DoctorWeight,
     GuidanceMode,
     Guidance,
+    OutputFormat,
     SamplingParams,
 )
+from llmdoctor.server.engine.structured_output import check_schema
+from llmdoctor.server.errors import InvalidRequestError
 
 MAX_LOGPROBS = 20  # the engine's limit (SamplingParams.logprobs)
 MAX_N = 64  # choices per prompt; each is an engine request
@@ -116,6 +119,44 @@ class StreamOptions(BaseModel):
         False, description="vLLM's extension: with include_usage, every chunk also carries its choice's usage so far")
 
 
+class JsonSchemaFormat(BaseModel):
+    """OpenAI's `response_format.json_schema`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    schema_: dict = Field(default_factory=dict, alias="schema", description="the JSON Schema the output follows")
+    strict: bool | None = None  # accepted; the schema is always enforced (additional properties refused)
+
+
+class ResponseFormat(BaseModel):
+    """`{"type": "text"}` (the default), `{"type": "json_object"}` (any JSON object) or
+    `{"type": "json_schema", "json_schema": {"name", "schema"}}`: enforced token by token on the rule."""
+
+    model_config = StrictModel
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema_for_its_type(cls, value: JsonSchemaFormat | None, info: ValidationInfo) -> JsonSchemaFormat | None:
+        if value is not None and info.data.get("type") != "json_schema":
+            raise ValueError("is only allowed with type json_schema")
+        return value
+
+    def output_format(self) -> OutputFormat | None:
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return OutputFormat("json_object")
+        if self.json_schema is None:
+            raise InvalidRequestError("response_format.json_schema is required with type json_schema",
+                                      "response_format.json_schema")
+        return OutputFormat("json_schema", check_schema(self.json_schema.schema_))
+
+
 class SamplingFields(BaseModel):
     """Fields both endpoints share, with OpenAI's names and vLLM's extensions (top_k, ignore_eos, ...)."""
 
@@ -152,6 +193,7 @@ class SamplingFields(BaseModel):
                                                               "the most likely one (after temperature); 0 = off")
     min_tokens: int = Field(0, ge=0, description="vLLM's extension: EOS and stop_token_ids cannot end the output "
                                                  "before this many tokens")
+    response_format: ResponseFormat | None = None
     user: str | None = None
 
     @field_validator("stop", mode="before", json_schema_input_type=StopInput)
@@ -205,6 +247,7 @@ class SamplingFields(BaseModel):
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty,
+            output_format=self.response_format.output_format() if self.response_format else None,
         )
 
 

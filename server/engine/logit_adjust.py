@@ -23,9 +23,7 @@ from collections.abc import Sequence as Seq
 
 import torch
 
-from llmdoctor.server.engine.protocol import SamplingParams
-
-MAX_BIAS = 100.0  # vLLM clamps logit_bias values to this range, as OpenAI does
+from llmdoctor.server.engine.protocol import MAX_BIAS, SamplingParams
 
 
 def needs_adjusting(p: SamplingParams, generated: int) -> bool:

@@ -39,6 +39,7 @@ MIN_WEIGHT = 1e-6  # a non-zero weight smaller than this is a typo for 0 (and un
 MAX_TEMPERATURE = 2.0  # OpenAI's and vLLM's limit (vLLM 0.32 refuses more)
 MIN_TEMPERATURE = 1e-2  # vLLM's _MAX_TEMP: 0 < t < 0.01 is raised to 0.01 (logprobs / t would overflow)
 MAX_TOP_K = 2**31 - 1  # vLLM keeps top_k in an int32 tensor; any value >= the vocabulary means off
+MAX_BIAS = 100.0  # logit_bias values: OpenAI's range; vLLM clamps to it
 MAX_PENALTY = 2.0  # presence/frequency: OpenAI's and vLLM's range [-2, 2]
 MAX_REPETITION_PENALTY = 100.0  # vLLM takes any value > 0; beyond 100 a seen token is simply banned
 SEED_RANGE = (-(2**63), 2**64)  # torch.Generator.manual_seed's inclusive-exclusive range
@@ -97,6 +98,15 @@ class Guidance:
 
 
 @dataclass(frozen=True)
+class OutputFormat:
+    """What a request's output must be (`response_format`; structured_output.py). `schema` is the JSON
+    Schema as JSON text, for json_schema only."""
+
+    kind: Literal["json_object", "json_schema"]
+    schema: str | None = None
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """What the engine needs to pick tokens. Stop *strings* are the service layer's job."""
 
@@ -115,6 +125,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0  # 1 = off
+    output_format: OutputFormat | None = None  # response_format json_object / json_schema (structured_output.py)
 
     def __post_init__(self):
         if self.max_tokens < 1:

@@ -19,6 +19,7 @@ class Sequence:
     betas: tuple[float, ...]  # the active doctors' betas, in `doctors` order
     rule_alpha: float  # the patient's weight in the rule (Guidance.rule_alpha), fixed for the request
     pinned: tuple[str, ...] = ()  # adapter names admission pinned for it (Admission.admit)
+    grammar: object | None = None  # its xgrammar GrammarMatcher under response_format (structured_output.py)
     output: list[int] = field(default_factory=list)
     admitted: bool = False
     finished: bool = False

@@ -39,6 +39,7 @@ from llmdoctor.server.engine.protocol import (
 )
 from llmdoctor.server.engine.row_batch import RowBatch, StepLogits, StepPlan
 from llmdoctor.server.engine.logit_adjust import adjust_scores, needs_adjusting
+from llmdoctor.server.engine.structured_output import Grammars, mask_rows
 from llmdoctor.server.engine.sampling import SamplingBatch, sample_rows, top_logprobs
 from llmdoctor.server.engine.sequence import Sequence
 from llmdoctor.server.model_store import ResolvedModel
@@ -101,6 +102,7 @@ class TorchEngine:
         self.eos_token_ids = eos_ids(patient.generation_config, patient.config)
         pad = self.eos_token_ids[0] if self.eos_token_ids else 0
         self.patient_rows = RowBatch(LoraHost(patient), pad, self.dtype)
+        self.grammars = Grammars(self.model_folder, self.vocab_size)
         if self._doctor_source is None:
             self.doctors = DoctorRunner(self.patient_rows, shared=True)
         else:
@@ -133,7 +135,9 @@ class TorchEngine:
     # ---------------------------------------------------------------- requests (asyncio side)
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
-        seq = self._submit(request)
+        fmt = request.sampling.output_format
+        grammar = await asyncio.to_thread(self.grammars.matcher, fmt) if fmt is not None else None  # compiles
+        seq = self._submit(request, grammar)
         try:
             while True:
                 event = await seq.events.get()
@@ -147,9 +151,10 @@ class TorchEngine:
     async def abort(self, request_id: str) -> None:
         self._post(lambda: self._abort(request_id, None))
 
-    def _submit(self, request: GenerateRequest) -> Sequence:
+    def _submit(self, request: GenerateRequest, grammar=None) -> Sequence:
         pinned = self.admission.admit(request, self.vocab_size, self.max_model_len, self.doctors.shared)
         seq = self._new_sequence(request, pinned)
+        seq.grammar = grammar
         with self._lock:
             self._all[request.request_id] = seq
         self._post(lambda: self._waiting.append(seq))
@@ -293,7 +298,7 @@ class TorchEngine:
         if guided:
             rule[guided] = self._rule_logprobs([seqs[i] for i in guided], rule[guided], doctor, patient_logprobs)
         params = [seq.request.sampling for seq in seqs]
-        self._adjust(rule, seqs, params, patient.logits, rows)
+        self._constrain_and_adjust(rule, seqs, params, patient.logits, rows)
         batch = SamplingBatch.build([p.temperature for p in params], [p.top_k for p in params],
                                     [p.top_p for p in params], [seq.seed for seq in seqs],
                                     [len(seq.output) for seq in seqs], rule.device, [p.min_p for p in params])
@@ -310,6 +315,8 @@ class TorchEngine:
         finished = []
         for i, (seq, token) in enumerate(zip(seqs, tokens)):
             seq.output.append(token)
+            if seq.grammar is not None and not seq.grammar.is_terminated():
+                seq.grammar.accept_token(token)
             finish = seq.finish_reason(token)
             seq.emit((token,), _logprob_info(rule[i], token, params[i].logprobs), finish)
             if finish is not None:
@@ -318,18 +325,23 @@ class TorchEngine:
         self._steps += 1
         self._generated += len(seqs)
 
-    def _adjust(self, rule: torch.Tensor, seqs: list[Sequence], params: list, patient_logits: torch.Tensor,
-                rows: torch.Tensor) -> None:
-        """min_tokens, logit_bias and the penalties, in place, on the rows that ask (logit_adjust.py)."""
-        if not any(needs_adjusting(p, len(seq.output)) for p, seq in zip(params, seqs)):
+    def _constrain_and_adjust(self, rule: torch.Tensor, seqs: list[Sequence], params: list,
+                              patient_logits: torch.Tensor, rows: torch.Tensor) -> None:
+        """The grammar mask, then min_tokens, logit_bias and the penalties, in place, on the rows that ask
+        (structured_output.py, logit_adjust.py); the rows changed are re-normalised."""
+        constrained = [i for i, seq in enumerate(seqs) if seq.grammar is not None]
+        adjusting = any(needs_adjusting(p, len(seq.output)) for p, seq in zip(params, seqs))
+        if not constrained and not adjusting:
             return
         # an unguided row's repetition penalty acts on the patient's logits, as in vLLM (logit_adjust.py)
         raw = [i for i, (p, seq) in enumerate(zip(params, seqs))
                if seq.request.guidance.is_plain and p.repetition_penalty != 1.0]
         if raw:
             rule[raw] = patient_logits.index_select(0, rows[raw]).to(rule.dtype)
+        mask_rows(rule, constrained, [seqs[i].grammar for i in constrained])
         changed = adjust_scores(rule, params, [seq.request.prompt_token_ids for seq in seqs],
-                                [seq.output for seq in seqs], [sorted(seq.stop_ids) for seq in seqs])
+                                [seq.output for seq in seqs], [sorted(seq.stop_ids) for seq in seqs]) if adjusting else []
+        changed = sorted(set(changed) | set(constrained))
         rule[changed] = logprobs_from_logits(rule[changed]).to(rule.dtype)
 
     def _rule_logprobs(self, seqs: list[Sequence], patient_logprobs: torch.Tensor, doctor: StepLogits | None,

@@ -36,6 +36,7 @@ from llmdoctor.server.engine.protocol import (
     TokenEvent,
     TokenLogprob,
 )
+from llmdoctor.server.engine.structured_output import Grammars
 from llmdoctor.server.engine.vllm_guidance import guidance_extra_args
 from llmdoctor.server.errors import AdapterError
 from llmdoctor.server.model_store import ResolvedModel
@@ -108,6 +109,7 @@ class VllmEngine:
         self.vocab_size = config.vocab_size
         self.max_model_len = max_model_len(config, self._requested_max_len)
         self.eos_token_ids = eos_ids(generation, config)
+        self.grammars = Grammars(self.model_folder, self.vocab_size)
         if self._doctor_source is not None:
             check_same_vocabulary(self.model_folder, self._doctor_source.folder)
         self._loop = asyncio.new_event_loop()
@@ -122,6 +124,7 @@ class VllmEngine:
 
     async def _build(self) -> None:
         _set_vllm_environment(self.on_gpu)
+        from vllm.config import StructuredOutputsConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -138,6 +141,8 @@ class VllmEngine:
             additional_config={"llmdoctor": {"doctor_base": str(self.doctor_folder)}},
             # logprobs of the distribution the token was drawn from: after the doctor rule (and temperature)
             logprobs_mode="processed_logprobs",
+            # response_format: vLLM's structured outputs, with the grammar library the torch engine uses
+            structured_outputs_config=StructuredOutputsConfig(backend="xgrammar"),
             enforce_eager=not self.on_gpu,  # CPU: compiling costs minutes at start and gained nothing (FACTS.md)
             disable_log_stats=False,
             enable_prefix_caching=False,  # the doctor rows prefill the whole prompt anyway; keeps runs repeatable
@@ -183,6 +188,8 @@ class VllmEngine:
     # ---------------------------------------------------------------- requests
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
+        if request.sampling.output_format is not None:  # a schema xgrammar cannot compile is a 400, as in torch
+            await asyncio.to_thread(self.grammars.matcher, request.sampling.output_format)
         pinned = self.admission.admit(request, self.vocab_size, self.max_model_len, self._doctor_source is None)
         events: asyncio.Queue[TokenEvent] = asyncio.Queue()
         ours = asyncio.get_running_loop()
@@ -365,13 +372,17 @@ class _StatsBox:
 
 def _sampling_params(request: GenerateRequest):
     from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
     s = request.sampling
     # vLLM applies min_tokens and logit_bias before logits processors, to the patient's logits: for a guided
     # request our processor applies them to the rule instead (logit_adjust.py's order); penalties and min_p
     # come after the processor in vLLM's sampler, where they belong
     extra_args = guidance_extra_args(request.guidance, s.min_tokens, s.logit_bias)
+    structured = None
+    if s.output_format is not None:  # vLLM masks the patient's logits; our rule keeps masked tokens out
+        structured = (StructuredOutputsParams(json_object=True) if s.output_format.kind == "json_object"
+                      else StructuredOutputsParams(json=s.output_format.schema))
     return SamplingParams(
         n=1,
         max_tokens=s.max_tokens,
@@ -391,6 +402,7 @@ def _sampling_params(request: GenerateRequest):
         detokenize=False,  # the API layer detokenizes (and applies stop strings) itself
         output_kind=RequestOutputKind.DELTA,
         extra_args=extra_args,
+        structured_outputs=structured,
     )
 
 

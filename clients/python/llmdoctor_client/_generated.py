@@ -172,6 +172,22 @@ class GuidanceSchema(BaseModel):
     ] = None
 
 
+class JsonSchemaFormat(BaseModel):
+    """
+    OpenAI's `response_format.json_schema`.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    name: Annotated[str, Field(max_length=64, min_length=1, pattern="^[A-Za-z0-9_-]+$", title="Name")]
+    description: Annotated[str | None, Field(title="Description")] = None
+    schema_: Annotated[
+        dict[str, Any] | None, Field(alias="schema", description="the JSON Schema the output follows", title="Schema")
+    ] = None
+    strict: Annotated[bool | None, Field(title="Strict")] = None
+
+
 class LoadAdapterRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -232,10 +248,16 @@ class ReplicaHealth(BaseModel):
 
 
 class ResponseFormat(BaseModel):
+    """
+    `{"type": "text"}` (the default), `{"type": "json_object"}` (any JSON object) or
+    `{"type": "json_schema", "json_schema": {"name", "schema"}}`: enforced token by token on the rule.
+    """
+
     model_config = ConfigDict(
         extra="forbid",
     )
-    type: Annotated[Literal["text"], Field(title="Type")]
+    type: Annotated[Literal["text", "json_object", "json_schema"], Field(title="Type")]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class StopInput1(RootModel[str]):
@@ -397,6 +419,7 @@ class CompletionRequest(BaseModel):
             title="Min Tokens",
         ),
     ] = 0
+    response_format: ResponseFormat | None = None
     user: Annotated[str | None, Field(title="User")] = None
     prompt: Annotated[
         str | PromptInput1 | PromptInput2 | PromptInput3,
@@ -599,6 +622,7 @@ class ChatCompletionRequest(BaseModel):
             title="Min Tokens",
         ),
     ] = 0
+    response_format: ResponseFormat | None = None
     user: Annotated[str | None, Field(title="User")] = None
     messages: Annotated[list[ChatMessage], Field(min_length=1, title="Messages")]
     max_tokens: Annotated[MaxTokens | None, Field(title="Max Tokens")] = None
@@ -607,7 +631,6 @@ class ChatCompletionRequest(BaseModel):
     top_logprobs: Annotated[TopLogprobs | None, Field(title="Top Logprobs")] = None
     add_generation_prompt: Annotated[bool | None, Field(title="Add Generation Prompt")] = True
     continue_final_message: Annotated[bool | None, Field(title="Continue Final Message")] = False
-    response_format: ResponseFormat | None = None
 
 
 class ChatLogprobs(BaseModel):

@@ -4,6 +4,7 @@ from fastapi.testclient import TestClient
 
 from llmdoctor.server.api.app import create_app
 from llmdoctor.server.config import ServerSettings
+from llmdoctor.server.shipped_doctors import shipped_doctors
 
 
 def test_app_without_engine_builds_the_configured_one_and_serves():
@@ -11,6 +12,7 @@ def test_app_without_engine_builds_the_configured_one_and_serves():
     with TestClient(app) as client:
         assert client.get("/health").status_code == 200
         models = client.get("/v1/models").json()["data"]
-        assert [m["id"] for m in models] == ["SmolLM2-135M-Instruct"]
+        # the embedded default comes with its shipped doctors
+        assert [m["id"] for m in models] == ["SmolLM2-135M-Instruct", *sorted(e.name for e in shipped_doctors())]
         engine = app.state.services.engine
     assert not engine.healthy  # the lifespan shut it down

@@ -18,7 +18,7 @@ PLAIN = {"prompt": "Tell me about the sea.", "max_tokens": 8, "temperature": 0}
 
 @pytest_asyncio.fixture(scope="module")
 async def http(adapter_root):
-    app = create_app(ServerSettings(adapter_root=[adapter_root], max_batch=4, max_queue=16))
+    app = create_app(ServerSettings(adapter_root=[adapter_root], max_batch=4, max_queue=16, default_doctors=False))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://app", timeout=120) as client:

@@ -80,6 +80,35 @@ async def test_sampling_parameters_equal_the_torch_engine(vllm_engine, engine, t
         assert len(ours) >= 10
 
 
+@pytest.mark.parametrize("name", ["person", "review", "list"])
+@pytest.mark.parametrize("guidance", [Guidance(), BOTH], ids=["unguided", "guided"])
+async def test_structured_outputs_validate_and_equal_the_torch_engine(vllm_engine, engine, tokenizer, name, guidance):
+    """vLLM's own structured outputs (xgrammar) mask the patient's logits before our processor; the rule keeps
+    masked tokens out, so the tokens are the torch engine's, which masks the rule."""
+    import json
+
+    import jsonschema
+
+    from llmdoctor.server.engine.protocol import OutputFormat
+    from llmdoctor.server.engine.structured_output import check_schema
+    from tests.server.engine.test_structured_output import PROMPTS as SCHEMA_PROMPTS
+    from tests.server.engine.test_structured_output import SCHEMAS
+
+    fmt = OutputFormat("json_schema", check_schema(SCHEMAS[name]))
+    request = _request(tokenizer, SCHEMA_PROMPTS[name], guidance, max_tokens=160, output_format=fmt)
+    ours, reference = await _both(vllm_engine, engine, request)
+    assert ours == reference
+    jsonschema.validate(json.loads(tokenizer.decode(ours, skip_special_tokens=True)), SCHEMAS[name])
+
+
+async def test_a_schema_xgrammar_cannot_compile_is_refused_by_the_vllm_engine(vllm_engine, tokenizer):
+    from llmdoctor.server.engine.protocol import OutputFormat
+
+    bad = OutputFormat("json_schema", '{"$ref": "#/$defs/missing"}')
+    with pytest.raises(InvalidRequestError):
+        await _collect(vllm_engine, _request(tokenizer, PROMPTS[0], output_format=bad))
+
+
 async def test_guided_output_differs_from_the_patient(vllm_engine, tokenizer):
     plain = (await _collect(vllm_engine, _request(tokenizer, PROMPTS[1], max_tokens=24)))[0]
     guided = (await _collect(vllm_engine, _request(tokenizer, PROMPTS[1], CHEERFUL, max_tokens=24)))[0]

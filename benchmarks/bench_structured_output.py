@@ -1,0 +1,84 @@
+"""What `response_format` json_schema costs: tokens/s at concurrency 8 with the schema vs without, unguided and
+with the shipped positivity doctor, over HTTP against a real `llmdoctor serve` (issue 19's bar: >= 0.8x).
+
+    .venv/bin/python benchmarks/bench_structured_output.py [--engine torch|vllm] [--concurrency 8] [--rounds 3]
+
+Each request asks for a JSON object with a free-text field (`{"story": "..."}`), so the grammar masks every
+step and the output runs to max_tokens, as the plain request does with ignore_eos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+
+import httpx
+
+from bench_serving import free_port, launch  # run as a script: benchmarks/ is on sys.path
+
+PROMPT = "Write a short story about a lighthouse keeper, as JSON with one field, story."
+SCHEMA = {"type": "object", "required": ["story"], "properties": {"story": {"type": "string"}}}
+POSITIVITY = {"doctors": [{"name": "positivity", "beta": 2, "mode": "ratio"}]}
+
+
+async def throughput(url: str, concurrency: int, max_tokens: int, structured: bool, guidance: dict | None) -> float:
+    body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens, "temperature": 0.0}
+    if structured:
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "story", "schema": SCHEMA}}
+    else:
+        body["ignore_eos"] = True
+    if guidance:
+        body["guidance"] = guidance
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        async def one(_):
+            response = await client.post("/v1/chat/completions", json=body)
+            response.raise_for_status()
+            return response.json()["usage"]["completion_tokens"]
+
+        start = time.perf_counter()
+        tokens = sum(await asyncio.gather(*(one(i) for i in range(concurrency))))
+        return tokens / (time.perf_counter() - start)
+
+
+async def measure(url: str, args) -> dict[tuple[str, bool], float]:
+    results = {}
+    for setting, guidance in (("unguided", None), ("positivity", POSITIVITY)):
+        await throughput(url, args.concurrency, 8, True, guidance)  # warm-up: compiles the schema once
+        for structured in (False, True):  # interleaved rounds, so drift hits both alike
+            results[(setting, structured)] = []
+        for _ in range(args.rounds):
+            for structured in (False, True):
+                results[(setting, structured)].append(
+                    await throughput(url, args.concurrency, args.max_tokens, structured, guidance))
+    return {key: statistics.median(values) for key, values in results.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=("torch", "vllm"), default="torch")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    port = free_port()
+    proc, ready = launch([sys.executable, "-m", "llmdoctor.server.cli", "serve", "--port", str(port),
+                          "--engine", args.engine], port, timeout=300)
+    try:
+        results = asyncio.run(measure(f"http://127.0.0.1:{port}", args))
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    print(f"engine {args.engine}, concurrency {args.concurrency}, {args.max_tokens} tokens, median of {args.rounds} "
+          f"rounds (server ready in {ready:.0f} s)")
+    print(f"{'setting':<12} {'plain tok/s':>12} {'json_schema':>12} {'ratio':>7}")
+    for setting in ("unguided", "positivity"):
+        plain, structured = results[(setting, False)], results[(setting, True)]
+        print(f"{setting:<12} {plain:>12.1f} {structured:>12.1f} {structured / plain:>6.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

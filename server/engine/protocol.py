@@ -155,6 +155,9 @@ class SamplingParams:
         if not (0 < self.repetition_penalty <= MAX_REPETITION_PENALTY):
             raise InvalidRequestError(f"repetition_penalty must be in (0, {MAX_REPETITION_PENALTY:g}], got "
                                       f"{self.repetition_penalty}", "repetition_penalty")
+        if self.output_format is not None and self.min_tokens:
+            raise InvalidRequestError("min_tokens cannot be combined with response_format: the grammar decides where "
+                                      "the output may end (it allows only EOS once the JSON is complete)", "min_tokens")
         for token, bias in self.logit_bias:
             if not math.isfinite(bias):
                 raise InvalidRequestError(f"logit_bias[{token}] must be a finite number, got {bias}", "logit_bias")

@@ -23,7 +23,7 @@ from llmdoctor.server.engine.protocol import OutputFormat
 from llmdoctor.server.errors import InvalidRequestError
 
 PARAM = "response_format"
-MAX_SCHEMA_DEPTH = 64  # nesting deeper than this is refused before xgrammar's recursive converter sees it
+MAX_SCHEMA_DEPTH = 128  # JSON objects nested deeper are refused before xgrammar's recursive converter sees them
 # string formats xgrammar enforces (xgrammar's json_schema_converter.cc, as vLLM lists them)
 STRING_FORMATS = {"email", "date", "time", "date-time", "duration", "ipv4", "ipv6", "hostname", "uuid", "uri",
                   "uri-reference", "uri-template", "json-pointer", "relative-json-pointer"}
@@ -65,7 +65,7 @@ def _types(node: dict) -> set[str]:
 def _unsupported(node: dict, where: str, depth: int) -> str | None:
     """The first keyword xgrammar would accept without enforcing, as 'WHERE uses KEYWORD ...'; else None."""
     if depth > MAX_SCHEMA_DEPTH:
-        return f"{where} nests deeper than {MAX_SCHEMA_DEPTH} levels"
+        return f"the schema nests JSON objects more than {MAX_SCHEMA_DEPTH} deep"
     types = _types(node)
     found = None
     if types & {"integer", "number"} and "multipleOf" in node:

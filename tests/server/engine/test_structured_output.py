@@ -7,7 +7,7 @@ import json
 import jsonschema
 import pytest
 
-from llmdoctor.server.engine.protocol import DoctorWeight, Guidance, OutputFormat
+from llmdoctor.server.engine.protocol import DoctorWeight, Guidance, OutputFormat, SamplingParams
 from llmdoctor.server.engine.structured_output import check_schema
 from llmdoctor.server.errors import InvalidRequestError
 from tests.server.engine.engine_calls import collect, make_request
@@ -82,8 +82,16 @@ async def test_a_grammar_cut_by_max_tokens_says_length(engine, tokenizer):
     ({"type": "nonsense"}, 'Unsupported type "nonsense"'),
     ({"$ref": "#/$defs/missing"}, "missing"),
     ([1, 2], "must be a JSON Schema object"),
+    (json.loads('{"type": "object", "properties": {"a": ' * 70 + '{}' + '}}' * 70), "more than 128 deep"),
 ])
 def test_schemas_xgrammar_would_not_enforce_are_refused_naming_the_keyword(schema, named):
     with pytest.raises(InvalidRequestError) as caught:
         check_schema(schema)
     assert named in caught.value.message and caught.value.param == "response_format.json_schema.schema"
+
+
+def test_min_tokens_with_response_format_is_refused():
+    """Once the JSON is complete the grammar allows only EOS, which min_tokens would forbid: nothing is left."""
+    with pytest.raises(InvalidRequestError) as caught:
+        SamplingParams(max_tokens=30, min_tokens=30, output_format=OutputFormat("json_object"))
+    assert caught.value.param == "min_tokens"

@@ -144,7 +144,7 @@ def test_parquet_in_and_out_with_default_guidance_and_retry_errors(tmp_path, doc
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--guidance", "{nope"], "--guidance: Invalid JSON"),
     (["--guidance", '{"doctors": {"cheerful": "lots"}}'], "--guidance: doctors.0.beta"),
-    (["--guidance", '{"doctors": {"cheerful": 1}}'], "--guidance names doctor 'cheerful', which no --doctor"),
+    (["--guidance", '{"doctors": {"cheerful": 1}}'], "--guidance names doctor 'cheerful', which neither --doctor"),
     (["--max-batch", "0"], "--max-batch (env LLMDOCTOR_MAX_BATCH): Input should be greater than or equal to 1"),
 ])
 def test_bad_flags_exit_2_before_anything_starts(tmp_path, capsys, args, message):

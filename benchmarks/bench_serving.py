@@ -70,9 +70,14 @@ async def http_throughput(base_url, doctors, concurrency, max_tokens) -> float:
             "ignore_eos": True}
     if doctors:
         body["guidance"] = {"doctors": [{"name": n, "beta": b} for n, b in doctors]}
+    return await post_throughput(base_url, "/v1/completions", body, concurrency)
+
+
+async def post_throughput(base_url: str, path: str, body: dict, concurrency: int) -> float:
+    """Completion tokens/s of `concurrency` copies of one request sent at once."""
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
         async def one(_):
-            r = await client.post("/v1/completions", json=body)
+            r = await client.post(path, json=body)
             r.raise_for_status()
             return r.json()["usage"]["completion_tokens"]
 

@@ -13,11 +13,8 @@ import argparse
 import asyncio
 import statistics
 import sys
-import time
 
-import httpx
-
-from bench_serving import free_port, launch  # run as a script: benchmarks/ is on sys.path
+from bench_serving import free_port, launch, post_throughput  # run as a script: benchmarks/ is on sys.path
 
 PROMPT = "Write a short story about a lighthouse keeper, as JSON with one field, story."
 SCHEMA = {"type": "object", "required": ["story"], "properties": {"story": {"type": "string"}}}
@@ -32,15 +29,7 @@ async def throughput(url: str, concurrency: int, max_tokens: int, structured: bo
         body["ignore_eos"] = True
     if guidance:
         body["guidance"] = guidance
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        async def one(_):
-            response = await client.post("/v1/chat/completions", json=body)
-            response.raise_for_status()
-            return response.json()["usage"]["completion_tokens"]
-
-        start = time.perf_counter()
-        tokens = sum(await asyncio.gather(*(one(i) for i in range(concurrency))))
-        return tokens / (time.perf_counter() - start)
+    return await post_throughput(url, "/v1/chat/completions", body, concurrency)
 
 
 async def measure(url: str, args) -> dict[tuple[str, bool], float]:

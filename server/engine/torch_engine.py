@@ -27,6 +27,7 @@ from llmdoctor.server.engine.admission import Admission
 from llmdoctor.server.engine.adapter_table import AdapterTable
 from llmdoctor.server.engine.decode_rule import combine_logprobs, logprobs_from_logits, rule_weights
 from llmdoctor.server.engine.doctor_runner import DoctorRunner
+from llmdoctor.server.engine.logit_adjust import adjust_scores, needs_adjusting
 from llmdoctor.server.engine.lora_host import LoraHost
 from llmdoctor.server.engine.model_checks import check_full_attention, check_same_vocabulary, eos_ids, max_model_len
 from llmdoctor.server.engine.protocol import (
@@ -38,10 +39,9 @@ from llmdoctor.server.engine.protocol import (
     TokenLogprob,
 )
 from llmdoctor.server.engine.row_batch import RowBatch, StepLogits, StepPlan
-from llmdoctor.server.engine.logit_adjust import adjust_scores, needs_adjusting
-from llmdoctor.server.engine.structured_output import Grammars, mask_rows
 from llmdoctor.server.engine.sampling import SamplingBatch, sample_rows, top_logprobs
 from llmdoctor.server.engine.sequence import Sequence
+from llmdoctor.server.engine.structured_output import Grammars, mask_rows
 from llmdoctor.server.model_store import ResolvedModel
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from llmdoctor.server.api.detokenizer import IncrementalDetokenizer
 from llmdoctor.server.api.errors import RequestTimeoutError
 from llmdoctor.server.api.metrics import RequestTimer
 from llmdoctor.server.api.stop_strings import StopStringMatcher
-from llmdoctor.server.engine.protocol import GenerateRequest, TokenEvent, TokenLogprob
+from llmdoctor.server.engine.protocol import GenerateRequest, TokenEvent, TokenExplanation, TokenLogprob
 from llmdoctor.server.errors import LLMDoctorError
 
 if TYPE_CHECKING:
@@ -44,6 +44,9 @@ class ChoiceDelta:
     finish_reason: str | None
     completion_tokens: int  # cumulative
     prompt_tokens: int
+    explanation: tuple[TokenExplanation, ...] = ()  # under guidance.explain: one per token this delta adds
+    kl_sum: float | None = None  # guided: the rule's KL summed over the first kl_tokens tokens (cumulative)
+    kl_tokens: int = 0
 
 
 class ChoiceRun:
@@ -61,6 +64,7 @@ class ChoiceRun:
         self._engine_done = False  # the engine has finished or dropped the request: nothing to abort
         self._closed = False
         self._text_len = 0
+        self._kl: tuple[float | None, int] = (None, 0)  # the latest (kl_sum, kl_tokens) the engine reported
 
     @property
     def request_id(self) -> str:
@@ -139,7 +143,11 @@ class ChoiceRun:
             text += self._stops.flush()
             self.finish_reason = event.finish_reason
         logprobs = event.logprobs or ()
-        if not text and not logprobs and self.finish_reason is None:
+        explanation = event.explanation or ()
+        kl_changed = event.kl_sum is not None and (event.kl_sum, event.kl_tokens) != self._kl
+        if kl_changed:
+            self._kl = (event.kl_sum, event.kl_tokens)
+        if not text and not logprobs and not explanation and not kl_changed and self.finish_reason is None:
             return None
         return ChoiceDelta(
             index=self.spec.index,
@@ -149,6 +157,9 @@ class ChoiceRun:
             finish_reason=self.finish_reason,
             completion_tokens=self.completion_tokens,
             prompt_tokens=len(self.spec.request.prompt_token_ids),
+            explanation=explanation,
+            kl_sum=self._kl[0],
+            kl_tokens=self._kl[1],
         )
 
     def _detokenize(self, token_ids: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:

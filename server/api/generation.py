@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from llmdoctor.server.api.choice_run import ChoiceDelta, ChoiceRun, ChoiceSpec
 from llmdoctor.server.api.metrics import RequestTimer, ServerMetrics
-from llmdoctor.server.engine.protocol import Engine, TokenLogprob
+from llmdoctor.server.engine.protocol import Engine, TokenExplanation, TokenLogprob
 from llmdoctor.server.errors import EngineDeadError, InvalidRequestError
 
 logger = logging.getLogger(__name__)
@@ -163,13 +163,19 @@ class CollectedChoice:
     text_offsets: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     completion_tokens: int = 0
+    explanation: list[TokenExplanation] = field(default_factory=list)
+    kl_sum: float | None = None
+    kl_tokens: int = 0
 
     def add(self, delta: ChoiceDelta) -> None:
         self.text += delta.text
         self.logprobs.extend(delta.logprobs)
         self.text_offsets.extend(delta.text_offsets)
+        self.explanation.extend(delta.explanation)
         self.finish_reason = delta.finish_reason or self.finish_reason
         self.completion_tokens = delta.completion_tokens
+        if delta.kl_sum is not None:
+            self.kl_sum, self.kl_tokens = delta.kl_sum, delta.kl_tokens
 
 
 async def collect_choices(runs: list[ChoiceRun]) -> list[CollectedChoice]:

@@ -11,6 +11,7 @@ from llmdoctor.server.api.protocol_common import (
     FinishReasonOut,
     SamplingFields,
     StrictModel,
+    Explanation,
     UsageInfo,
     now,
 )
@@ -114,6 +115,7 @@ class ChatChoice(BaseModel):
     message: ChatMessageOut
     logprobs: ChatLogprobs | None = None
     finish_reason: FinishReasonOut = None
+    explanation: Explanation = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -142,6 +144,7 @@ class ChatStreamChoice(BaseModel):
     delta: DeltaMessage
     logprobs: ChatLogprobs | None = None
     finish_reason: FinishReasonOut = None
+    explanation: Explanation = None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -20,6 +20,7 @@ from typing_extensions import TypeAliasType
 
 from llmdoctor.server.engine.protocol import (
     MAX_BIAS,
+    MAX_KL,
     MAX_PENALTY,
     MAX_REPETITION_PENALTY,
     MAX_TEMPERATURE,
@@ -99,6 +100,14 @@ class GuidanceSchema(BaseModel):
                     "non-zero beta",
     )
     doctors: list[DoctorWeightSchema] = Field(default_factory=list)
+    explain: bool = Field(
+        False, description="add to each choice an `explanation`: per generated token, the patient's, each doctor's "
+                           "and the rule's log-prob of it and the rule's KL from the patient at that step (streamed too)")
+    max_kl: FiniteFloat | None = Field(
+        None, ge=0, le=MAX_KL,
+        description="a KL budget in nats per token: on a step where the rule would move further than this from the "
+                    "patient, every beta (and alpha's distance from 1) is scaled down by one factor so that the step "
+                    "stays within it; `beta_scale` in the explanation shows the factor")
 
     @field_validator("doctors", mode="before", json_schema_input_type=list[DoctorWeightSchema] | dict[DoctorName, Beta])
     @classmethod
@@ -108,7 +117,21 @@ class GuidanceSchema(BaseModel):
         return value
 
     def to_guidance(self) -> Guidance:
-        return Guidance(alpha=self.alpha, doctors=tuple(DoctorWeight(d.name, d.beta, d.mode) for d in self.doctors))
+        return Guidance(alpha=self.alpha, doctors=tuple(DoctorWeight(d.name, d.beta, d.mode) for d in self.doctors),
+                        explain=self.explain, max_kl=self.max_kl)
+
+
+class TokenExplanationOut(BaseModel):
+    """One generated token under `guidance.explain`. `rule_logprob` is the log-prob of the distribution the token
+    was drawn from (the value `logprobs` reports); `kl` the rule's KL from the patient at that step (nats);
+    `beta_scale` the factor guidance.max_kl put on the doctors' pull (1: within budget)."""
+
+    token: str
+    patient_logprob: float
+    doctor_logprobs: dict[str, float]
+    rule_logprob: float
+    kl: float
+    beta_scale: float = 1.0
 
 
 class StreamOptions(BaseModel):
@@ -251,18 +274,58 @@ class SamplingFields(BaseModel):
         )
 
 
+Explanation = Annotated[list[TokenExplanationOut] | None,
+                        Field(description="guidance.explain: one entry per generated token (in a stream, per chunk)")]
+
+
+def explanation_out(entries, token_text) -> list[TokenExplanationOut] | None:
+    """The engine's TokenExplanations as the API shows them (None when there are none: the field is omitted)."""
+    if not entries:
+        return None
+    return [TokenExplanationOut(token=token_text(e.token_id), patient_logprob=e.patient_logprob,
+                                doctor_logprobs=dict(e.doctor_logprobs), rule_logprob=e.rule_logprob, kl=e.kl,
+                                beta_scale=e.beta_scale) for e in entries]
+
+
 class UsageInfo(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    mean_kl_per_token: float | None = Field(
+        None, description="guided requests: the rule's mean KL from the patient per generated token, in nats, over "
+                          "every choice (what guidance.max_kl bounds step by step); null without guidance")
 
     @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int) -> UsageInfo:
+    def of(cls, prompt_tokens: int, completion_tokens: int, kl: KlTally | None = None) -> UsageInfo:
         return cls(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
+            mean_kl_per_token=kl.mean if kl is not None else None,
         )
+
+
+class KlTally:
+    """The rule's KL summed over tokens, per choice, as the engine reports it (TokenEvent.kl_sum / kl_tokens)."""
+
+    def __init__(self):
+        self._choices: dict[int, tuple[float, int]] = {}
+
+    def update(self, index: int, kl_sum: float | None, kl_tokens: int) -> None:
+        if kl_sum is not None:
+            self._choices[index] = (kl_sum, kl_tokens)
+
+    def of(self, index: int) -> KlTally:
+        """This choice's alone (continuous usage stats)."""
+        one = KlTally()
+        if index in self._choices:
+            one._choices[index] = self._choices[index]
+        return one
+
+    @property
+    def mean(self) -> float | None:
+        tokens = sum(n for _, n in self._choices.values())
+        return sum(s for s, _ in self._choices.values()) / tokens if tokens else None
 
 
 FinishReasonOut = Literal["stop", "length", "abort"] | None

@@ -11,6 +11,7 @@ from llmdoctor.server.api.protocol_common import (
     MAX_LOGPROBS,
     FinishReasonOut,
     SamplingFields,
+    Explanation,
     UsageInfo,
     now,
 )
@@ -98,6 +99,7 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReasonOut = None
+    explanation: Explanation = None
 
 
 class CompletionResponse(BaseModel):

@@ -25,7 +25,7 @@ from llmdoctor.server.api.protocol_chat import (
     TokenLogprobOut,
     TopLogprob,
 )
-from llmdoctor.server.api.protocol_common import UsageInfo, now
+from llmdoctor.server.api.protocol_common import KlTally, UsageInfo, explanation_out, now
 from llmdoctor.server.api.serving_models import ModelsService
 from llmdoctor.server.api.sse import DONE, EventStream, sse_data, sse_error
 from llmdoctor.server.engine.protocol import TokenLogprob
@@ -65,10 +65,14 @@ class ChatService:
                 message=ChatMessageOut(content=c.text),
                 logprobs=self._logprobs(body, c.logprobs),
                 finish_reason=c.finish_reason,
+                explanation=explanation_out(c.explanation, self.token_text),
             )
             for c in collected
         ]
-        usage = UsageInfo.of(prompt_tokens_of(specs, body.n), sum(c.completion_tokens for c in collected))
+        kl = KlTally()
+        for c in collected:
+            kl.update(c.index, c.kl_sum, c.kl_tokens)
+        usage = UsageInfo.of(prompt_tokens_of(specs, body.n), sum(c.completion_tokens for c in collected), kl)
         return ChatCompletionResponse(id=request_id, model=self._model_name(body), choices=choices, usage=usage)
 
     async def stream(self, body: ChatCompletionRequest) -> EventStream:
@@ -97,9 +101,10 @@ class ChatService:
         completion_tokens: dict[int, int] = {}
         prompt_tokens = {spec.index: len(spec.request.prompt_token_ids) for spec in specs}
         every = body.include_usage_in_every_chunk  # vLLM's continuous_usage_stats: each choice's usage so far
+        kl = KlTally()
 
         def usage_of(index: int, completion: int) -> UsageInfo | None:
-            return UsageInfo.of(prompt_tokens[index], completion) if every else None
+            return UsageInfo.of(prompt_tokens[index], completion, kl.of(index)) if every else None
 
         try:
             # OpenAI opens every choice with the role, then streams content, then a finish chunk.
@@ -109,10 +114,11 @@ class ChatService:
             async with aclosing(merge_deltas(runs)) as deltas:
                 async for delta in deltas:
                     completion_tokens[delta.index] = delta.completion_tokens
+                    kl.update(delta.index, delta.kl_sum, delta.kl_tokens)
                     for choice in self._stream_choices(body, delta):
                         yield chunk([choice], usage_of(delta.index, delta.completion_tokens))
             if body.include_usage_in_stream:
-                yield chunk([], UsageInfo.of(prompt_tokens_of(specs, body.n), sum(completion_tokens.values())))
+                yield chunk([], UsageInfo.of(prompt_tokens_of(specs, body.n), sum(completion_tokens.values()), kl))
         except Exception as exc:
             yield sse_error(exc)
         yield DONE
@@ -120,12 +126,13 @@ class ChatService:
     def _stream_choices(self, body: ChatCompletionRequest, delta: ChoiceDelta) -> list[ChatStreamChoice]:
         """A content chunk when there is text (or logprobs), and a separate finish chunk at the end."""
         out = []
-        if delta.text or delta.logprobs:
+        if delta.text or delta.logprobs or delta.explanation:
             out.append(
                 ChatStreamChoice(
                     index=delta.index,
                     delta=DeltaMessage(content=delta.text),
                     logprobs=self._logprobs(body, delta.logprobs),
+                    explanation=explanation_out(delta.explanation, self.token_text),
                 )
             )
         if delta.finish_reason is not None:

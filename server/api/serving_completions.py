@@ -13,7 +13,7 @@ from llmdoctor.server.api.detokenizer import TokenTexts
 from llmdoctor.server.api.generation import GenerationService, close_runs, collect_choices, merge_deltas
 from llmdoctor.server.api.planning import plan_choices, prompt_tokens_of
 from llmdoctor.server.api.prompts import PromptTokenizer
-from llmdoctor.server.api.protocol_common import UsageInfo, now
+from llmdoctor.server.api.protocol_common import KlTally, UsageInfo, explanation_out, now
 from llmdoctor.server.api.protocol_completions import (
     CompletionChoice,
     CompletionLogprobs,
@@ -57,10 +57,14 @@ class CompletionsService:
                 text=c.text,
                 logprobs=self._logprobs(body, c.logprobs, c.text_offsets),
                 finish_reason=c.finish_reason,
+                explanation=explanation_out(c.explanation, self.token_text),
             )
             for c in collected
         ]
-        usage = UsageInfo.of(prompt_tokens_of(specs, body.n), sum(c.completion_tokens for c in collected))
+        kl = KlTally()
+        for c in collected:
+            kl.update(c.index, c.kl_sum, c.kl_tokens)
+        usage = UsageInfo.of(prompt_tokens_of(specs, body.n), sum(c.completion_tokens for c in collected), kl)
         return CompletionResponse(id=request_id, model=self._model_name(body), choices=choices, usage=usage)
 
     async def stream(self, body: CompletionRequest) -> EventStream:
@@ -81,20 +85,22 @@ class CompletionsService:
         created, model = now(), self._model_name(body)
         completion_tokens: dict[int, int] = {}
         prompt_tokens = {spec.index: len(spec.request.prompt_token_ids) for spec in specs}
+        kl = KlTally()
         try:
             async with aclosing(merge_deltas(runs)) as deltas:
                 async for delta in deltas:
                     completion_tokens[delta.index] = delta.completion_tokens
+                    kl.update(delta.index, delta.kl_sum, delta.kl_tokens)
                     usage = None
                     if body.include_usage_in_every_chunk:  # this choice's usage so far, as vLLM counts it
-                        usage = UsageInfo.of(prompt_tokens[delta.index], delta.completion_tokens)
+                        usage = UsageInfo.of(prompt_tokens[delta.index], delta.completion_tokens, kl.of(delta.index))
                     chunk = CompletionStreamResponse(
                         id=request_id, created=created, model=model, choices=[self._stream_choice(body, delta)],
                         usage=usage,
                     )
                     yield sse_data(chunk.model_dump_json())
             if body.include_usage_in_stream:
-                usage = UsageInfo.of(prompt_tokens_of(specs, body.n), sum(completion_tokens.values()))
+                usage = UsageInfo.of(prompt_tokens_of(specs, body.n), sum(completion_tokens.values()), kl)
                 chunk = CompletionStreamResponse(id=request_id, created=created, model=model, choices=[], usage=usage)
                 yield sse_data(chunk.model_dump_json())
         except Exception as exc:
@@ -107,6 +113,7 @@ class CompletionsService:
             text=delta.text,
             logprobs=self._logprobs(body, delta.logprobs, delta.text_offsets),
             finish_reason=delta.finish_reason,
+            explanation=explanation_out(delta.explanation, self.token_text),
         )
 
     def _logprobs(

@@ -20,6 +20,8 @@ patient's weight (`Guidance.rule_alpha`) can be negative, which would otherwise 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 LOGPROB_FLOOR = -1e4  # log-probs below this count as impossible; keeps every product with a weight finite
@@ -44,6 +46,70 @@ def combine_logprobs(
         guided = guided + (betas.unsqueeze(-1) * doctor_logprobs).sum(dim=-2)
     guided = guided.masked_fill(patient_logprobs <= LOGPROB_FLOOR, RULED_OUT)
     return torch.log_softmax(guided, dim=-1)
+
+
+BISECTION_STEPS = 12  # max_kl's factor to within 2**-12 of the largest that fits, always on the side that fits
+
+
+@dataclass(frozen=True)
+class RuleStep:
+    """The rule of a step's guided rows with what it did: `kl` (G,) is KL(rule || patient) in nats, `scale` (G,)
+    the factor guidance.max_kl put on the rule's departure from the patient (1 where the rule fit its budget)."""
+
+    logprobs: torch.Tensor  # (G, V)
+    kl: torch.Tensor
+    scale: torch.Tensor
+
+
+def kl_from_patient(rule: torch.Tensor, patient_logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(rule || patient) per row, in nats: sum_y p_rule(y) (log p_rule(y) - log p_patient(y)). Tokens the rule
+    rules out weigh 0; the patient is floored as in the rule, so no 0 * inf arises."""
+    return (rule.exp() * (rule - patient_logprobs.clamp(min=LOGPROB_FLOOR))).sum(dim=-1).clamp(min=0.0)
+
+
+def guided_rule(
+    patient_logprobs: torch.Tensor,  # (G, V)
+    doctor_logprobs: torch.Tensor | None,  # (G, D, V)
+    alpha: torch.Tensor,  # (G,): Guidance.rule_alpha per row
+    betas: torch.Tensor,  # (G, D)
+    max_kl: list[float | None] | None = None,  # per row; None: no budget
+) -> RuleStep:
+    """`combine_logprobs` for a batch of guided rows, held within each row's KL budget.
+
+    A row over its budget gets log_softmax(patient + s * departure), where departure = (rule_alpha - 1) * patient
+    + sum_i beta_i * doctor_i is the rule's pull away from the patient: s = 1 is the rule, s = 0 the patient. The
+    KL from the patient grows with s (its derivative is s * Var(departure) >= 0 under the scaled rule), so a
+    bisection, batched over the rows over budget, finds the largest s whose KL fits; it keeps the lower end,
+    so the row's KL never exceeds its budget."""
+    rule = combine_logprobs(patient_logprobs, doctor_logprobs, alpha, betas)
+    kl = kl_from_patient(rule, patient_logprobs)
+    scale = torch.ones_like(kl)
+    if not max_kl or all(budget is None for budget in max_kl):
+        return RuleStep(rule, kl, scale)
+    budget = torch.tensor([float("inf") if b is None else b for b in max_kl], dtype=kl.dtype, device=kl.device)
+    over = (kl > budget).nonzero().flatten()
+    if over.numel() == 0:  # one sync, only for requests that set a budget
+        return RuleStep(rule, kl, scale)
+    patient = patient_logprobs.index_select(0, over).clamp(min=LOGPROB_FLOOR)
+    departure = (alpha.index_select(0, over) - 1.0).unsqueeze(-1) * patient
+    if doctor_logprobs is not None:
+        doctors = doctor_logprobs.to(patient.device).index_select(0, over).clamp(min=LOGPROB_FLOOR)
+        departure = departure + (betas.index_select(0, over).unsqueeze(-1) * doctors).sum(dim=-2)
+    ruled_out = patient <= LOGPROB_FLOOR
+
+    def scaled(s: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax((patient + s.unsqueeze(-1) * departure).masked_fill(ruled_out, RULED_OUT), dim=-1)
+
+    limit = budget.index_select(0, over)
+    low, high = torch.zeros_like(limit), torch.ones_like(limit)  # KL(low) <= budget < KL(high)
+    for _ in range(BISECTION_STEPS):
+        middle = (low + high) / 2
+        fits = kl_from_patient(scaled(middle), patient) <= limit
+        low, high = torch.where(fits, middle, low), torch.where(fits, high, middle)
+    kept = scaled(low)
+    rule, kl, scale = rule.index_copy(0, over, kept), kl.index_copy(0, over, kl_from_patient(kept, patient)), \
+        scale.index_copy(0, over, low)
+    return RuleStep(rule, kl, scale)
 
 
 def rule_weights(alphas: list[float], betas: list[tuple[float, ...]], device: torch.device | str = "cpu"

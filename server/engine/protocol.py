@@ -42,6 +42,7 @@ MAX_TOP_K = 2**31 - 1  # vLLM keeps top_k in an int32 tensor; any value >= the v
 MAX_BIAS = 100.0  # logit_bias values: OpenAI's range; vLLM clamps to it
 MAX_PENALTY = 2.0  # presence/frequency: OpenAI's and vLLM's range [-2, 2]
 MAX_REPETITION_PENALTY = 100.0  # vLLM takes any value > 0; beyond 100 a seen token is simply banned
+MAX_KL = 100.0  # guidance.max_kl, nats per token: far above any KL a rule within MAX_WEIGHT reaches in practice
 SEED_RANGE = (-(2**63), 2**64)  # torch.Generator.manual_seed's inclusive-exclusive range
 
 
@@ -65,9 +66,17 @@ class Guidance:
 
     alpha: float = 1.0
     doctors: tuple[DoctorWeight, ...] = ()
+    # per generated token, what the patient, each doctor and the rule gave it, and the step's KL (TokenExplanation)
+    explain: bool = False
+    # a KL budget in nats per token: a step whose rule would move further from the patient has the rule's departure
+    # from it (every beta, and alpha's distance from 1) scaled down by one factor until it fits (decode_rule.py)
+    max_kl: float | None = None
 
     def __post_init__(self):
         check_weight(self.alpha, "guidance.alpha", 0.0)
+        if self.max_kl is not None and not (0 <= self.max_kl <= MAX_KL):  # also refuses NaN
+            raise InvalidRequestError(f"guidance.max_kl must be in [0, {MAX_KL:g}] nats per token, got {self.max_kl}",
+                                      "guidance.max_kl")
         names = [d.name for d in self.doctors]
         for i, d in enumerate(self.doctors):
             check_weight(d.beta, f"guidance.doctors[{i}].beta", -MAX_WEIGHT)
@@ -93,8 +102,9 @@ class Guidance:
 
     @property
     def is_plain(self) -> bool:
-        """True when the rule reduces to the patient's own distribution."""
-        return self.alpha == 1.0 and not self.active
+        """True when the rule reduces to the patient's own distribution and nobody asked to see it: the engine
+        then samples the patient directly, with no rule to compute or trace."""
+        return self.alpha == 1.0 and not self.active and not self.explain
 
 
 @dataclass(frozen=True)
@@ -185,6 +195,22 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True)
+class TokenExplanation:
+    """What the rule did at one generated token (`guidance.explain`). Log-probs are of the token drawn:
+    `patient_logprob` and `doctor_logprobs` are each model's own (log-softmax of its logits), `rule_logprob`
+    is that of the distribution it was drawn from (what `logprobs` reports); `kl` is the rule's KL from the
+    patient at that step, in nats, and `beta_scale` the factor guidance.max_kl put on the rule's departure
+    from the patient (1: within budget)."""
+
+    token_id: int
+    patient_logprob: float
+    doctor_logprobs: tuple[tuple[str, float], ...]  # (doctor name, log-prob), in guidance order
+    rule_logprob: float
+    kl: float
+    beta_scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     """New tokens for one request. The last event of a request has `finish_reason` set."""
 
@@ -195,6 +221,11 @@ class TokenEvent:
     prompt_tokens: int = 0
     completion_tokens: int = 0  # cumulative
     error: str | None = None  # set when the engine failed this request (finish_reason "abort")
+    explanation: tuple[TokenExplanation, ...] | None = None  # one per token of token_ids, under guidance.explain
+    # guided requests: the sum of the rule's per-step KL from the patient over the first `kl_tokens` output tokens
+    # (cumulative; an engine may report it later than the tokens, in an event with no tokens)
+    kl_sum: float | None = None
+    kl_tokens: int = 0
 
 
 @dataclass(frozen=True)

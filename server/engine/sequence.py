@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from llmdoctor.server.engine.protocol import FinishReason, GenerateRequest, TokenEvent, TokenLogprob
+from llmdoctor.server.engine.protocol import FinishReason, GenerateRequest, TokenEvent, TokenExplanation, TokenLogprob
 
 
 @dataclass(eq=False)  # identity semantics: held in deques and dicts
@@ -23,6 +23,7 @@ class Sequence:
     output: list[int] = field(default_factory=list)
     admitted: bool = False
     finished: bool = False
+    kl_sum: float = 0.0  # guided requests: the rule's KL from the patient, summed over the output's tokens
 
     @property
     def id(self) -> str:
@@ -34,8 +35,10 @@ class Sequence:
         return tuple(self.request.prompt_token_ids) + tuple(self.output)
 
     def emit(self, tokens: tuple[int, ...], logprobs: tuple[TokenLogprob, ...] | None = None,
-             finish: FinishReason | None = None, error: str | None = None) -> None:
+             finish: FinishReason | None = None, error: str | None = None,
+             explanation: tuple[TokenExplanation, ...] | None = None) -> None:
         """Hand an event to the request's asyncio queue from any thread."""
+        guided = not self.request.guidance.is_plain
         event = TokenEvent(
             request_id=self.id,
             token_ids=tokens,
@@ -44,6 +47,9 @@ class Sequence:
             prompt_tokens=len(self.request.prompt_token_ids),
             completion_tokens=len(self.output),
             error=error,
+            explanation=explanation,
+            kl_sum=self.kl_sum if guided else None,
+            kl_tokens=len(self.output) if guided else 0,
         )
         self.finished = self.finished or finish is not None
         try:

@@ -25,8 +25,9 @@ import torch
 from llmdoctor.server.adapter_folders import read_folder_for_engine
 from llmdoctor.server.engine.admission import Admission
 from llmdoctor.server.engine.adapter_table import AdapterTable
-from llmdoctor.server.engine.decode_rule import combine_logprobs, logprobs_from_logits, rule_weights
+from llmdoctor.server.engine.decode_rule import RuleStep, guided_rule, logprobs_from_logits, rule_weights
 from llmdoctor.server.engine.doctor_runner import DoctorRunner
+from llmdoctor.server.engine.guidance_trace import explanation, gather_trace
 from llmdoctor.server.engine.logit_adjust import adjust_scores, needs_adjusting
 from llmdoctor.server.engine.lora_host import LoraHost
 from llmdoctor.server.engine.model_checks import check_full_attention, check_same_vocabulary, eos_ids, max_model_len
@@ -296,7 +297,9 @@ class TorchEngine:
         rule = patient_logprobs.index_select(0, rows)  # (R, V): unguided rows are the patient's own
         guided = [i for i, seq in enumerate(seqs) if not seq.request.guidance.is_plain]
         if guided:
-            rule[guided] = self._rule_logprobs([seqs[i] for i in guided], rule[guided], doctor, patient_logprobs)
+            ruled, doctor_logprobs = self._rule_logprobs([seqs[i] for i in guided], rule[guided], doctor,
+                                                         patient_logprobs)
+            rule[guided] = ruled.logprobs
         params = [seq.request.sampling for seq in seqs]
         self._constrain_and_adjust(rule, seqs, params, patient.logits, rows)
         batch = SamplingBatch.build([p.temperature for p in params], [p.top_k for p in params],
@@ -306,6 +309,13 @@ class TorchEngine:
         # a usable row has a finite top score: NaN propagates through amax; min_tokens' -inf entries are fine
         finite = rule.amax(dim=-1).isfinite()
         tokens, finite = torch.stack([drawn, finite.long()]).tolist()  # one transfer
+        traces = {}
+        if guided:  # what the rule did at each guided row's token: one more small transfer
+            picked = torch.tensor(guided, device=rule.device)
+            values = gather_trace(drawn.index_select(0, picked), rule.index_select(0, picked),
+                                  patient_logprobs.index_select(0, rows.index_select(0, picked)), doctor_logprobs,
+                                  ruled.kl, ruled.scale).tolist()
+            traces = {seqs[i].id: row for i, row in zip(guided, values)}
         if not all(finite):
             seqs, rule, tokens = self._fail_non_finite(seqs, rule, tokens, finite)
             if not seqs:
@@ -318,7 +328,12 @@ class TorchEngine:
             if seq.grammar is not None and not seq.grammar.is_terminated():
                 seq.grammar.accept_token(token)
             finish = seq.finish_reason(token)
-            seq.emit((token,), _logprob_info(rule[i], token, params[i].logprobs), finish)
+            explained = None
+            if seq.id in traces:
+                seq.kl_sum += traces[seq.id][2]
+                if seq.request.guidance.explain:
+                    explained = (explanation(token, traces[seq.id], seq.doctors),)
+            seq.emit((token,), _logprob_info(rule[i], token, params[i].logprobs), finish, explanation=explained)
             if finish is not None:
                 finished.append(seq)
         self._release(finished)
@@ -345,14 +360,16 @@ class TorchEngine:
         rule[changed] = logprobs_from_logits(rule[changed]).to(rule.dtype)
 
     def _rule_logprobs(self, seqs: list[Sequence], patient_logprobs: torch.Tensor, doctor: StepLogits | None,
-                       all_patient_logprobs: torch.Tensor) -> torch.Tensor:
-        """The decode rule for the guided requests `seqs`, (G, V), in one call: doctors padded by beta 0."""
+                       all_patient_logprobs: torch.Tensor) -> tuple[RuleStep, torch.Tensor | None]:
+        """The decode rule for the guided requests `seqs`, (G, V), in one call (doctors padded by beta 0), held
+        within each request's max_kl; with the doctors' log-probs (G, D, V), for the trace."""
         # on a shared base the doctor rows' log-softmax is already in the patient's
         doctor_logprobs = self.doctors.logprobs(doctor, [(seq.id, seq.doctors) for seq in seqs],
                                                 all_patient_logprobs if self.doctors.shared else None)
         alpha, betas = rule_weights([seq.rule_alpha for seq in seqs], [seq.betas for seq in seqs],
                                     patient_logprobs.device)
-        return combine_logprobs(patient_logprobs, doctor_logprobs, alpha, betas)
+        budgets = [seq.request.guidance.max_kl for seq in seqs]
+        return guided_rule(patient_logprobs, doctor_logprobs, alpha, betas, budgets), doctor_logprobs
 
     def _release(self, seqs: list[Sequence]) -> None:
         """Remove requests' rows and bookkeeping; free adapters whose unload waited on them."""

@@ -147,6 +147,18 @@ DoctorsAdditionalProperty = TypeAliasType(
 )
 
 
+class MaxKl(RootModel[float]):
+    root: Annotated[
+        float,
+        Field(
+            description="a KL budget in nats per token: on a step where the rule would move further than this from the patient, every beta (and alpha's distance from 1) is scaled down by one factor so that the step stays within it; `beta_scale` in the explanation shows the factor",
+            ge=0.0,
+            le=100.0,
+            title="Max Kl",
+        ),
+    ]
+
+
 class GuidanceSchema(BaseModel):
     """
     The extension field: `{"alpha": 1.0, "doctors": [{"name": "helpful", "beta": 0.8}]}`.
@@ -169,6 +181,20 @@ class GuidanceSchema(BaseModel):
     doctors: Annotated[
         list[DoctorWeightSchema] | dict[Annotated[str, StringConstraints(min_length=1)], DoctorsAdditionalProperty] | None,
         Field(title="Doctors"),
+    ] = None
+    explain: Annotated[
+        bool | None,
+        Field(
+            description="add to each choice an `explanation`: per generated token, the patient's, each doctor's and the rule's log-prob of it and the rule's KL from the patient at that step (streamed too)",
+            title="Explain",
+        ),
+    ] = False
+    max_kl: Annotated[
+        MaxKl | None,
+        Field(
+            description="a KL budget in nats per token: on a step where the rule would move further than this from the patient, every beta (and alpha's distance from 1) is scaled down by one factor so that the step stays within it; `beta_scale` in the explanation shows the factor",
+            title="Max Kl",
+        ),
     ] = None
 
 
@@ -295,6 +321,21 @@ class TextContentPart(BaseModel):
     text: Annotated[str, Field(title="Text")]
 
 
+class TokenExplanationOut(BaseModel):
+    """
+    One generated token under `guidance.explain`. `rule_logprob` is the log-prob of the distribution the token
+    was drawn from (the value `logprobs` reports); `kl` the rule's KL from the patient at that step (nats);
+    `beta_scale` the factor guidance.max_kl put on the doctors' pull (1: within budget).
+    """
+
+    token: Annotated[str, Field(title="Token")]
+    patient_logprob: Annotated[float, Field(title="Patient Logprob")]
+    doctor_logprobs: Annotated[dict[str, float], Field(title="Doctor Logprobs")]
+    rule_logprob: Annotated[float, Field(title="Rule Logprob")]
+    kl: Annotated[float, Field(title="Kl")]
+    beta_scale: Annotated[float | None, Field(title="Beta Scale")] = 1.0
+
+
 class TokenizeResponse(BaseModel):
     count: Annotated[int, Field(title="Count")]
     max_model_len: Annotated[int, Field(title="Max Model Len")]
@@ -312,6 +353,13 @@ class UsageInfo(BaseModel):
     prompt_tokens: Annotated[int, Field(title="Prompt Tokens")]
     completion_tokens: Annotated[int, Field(title="Completion Tokens")]
     total_tokens: Annotated[int, Field(title="Total Tokens")]
+    mean_kl_per_token: Annotated[
+        float | None,
+        Field(
+            description="guided requests: the rule's mean KL from the patient per generated token, in nats, over every choice (what guidance.max_kl bounds step by step); null without guidance",
+            title="Mean Kl Per Token",
+        ),
+    ] = None
 
 
 class DeltaMessage(BaseModel):
@@ -339,6 +387,12 @@ class CompletionChoice(BaseModel):
     text: Annotated[str, Field(title="Text")]
     logprobs: CompletionLogprobs | None = None
     finish_reason: Annotated[Literal["stop", "length", "abort"] | None, Field(title="Finish Reason")] = None
+    explanation: Annotated[
+        list[TokenExplanationOut] | None,
+        Field(
+            description="guidance.explain: one entry per generated token (in a stream, per chunk)", title="Explanation"
+        ),
+    ] = None
 
 
 class CompletionRequest(BaseModel):
@@ -643,6 +697,12 @@ class ChatStreamChoice(BaseModel):
     delta: DeltaMessage
     logprobs: ChatLogprobs | None = None
     finish_reason: Annotated[Literal["stop", "length", "abort"] | None, Field(title="Finish Reason")] = None
+    explanation: Annotated[
+        list[TokenExplanationOut] | None,
+        Field(
+            description="guidance.explain: one entry per generated token (in a stream, per chunk)", title="Explanation"
+        ),
+    ] = None
 
 
 class ChatChoice(BaseModel):
@@ -650,6 +710,12 @@ class ChatChoice(BaseModel):
     message: ChatMessageOut
     logprobs: ChatLogprobs | None = None
     finish_reason: Annotated[Literal["stop", "length", "abort"] | None, Field(title="Finish Reason")] = None
+    explanation: Annotated[
+        list[TokenExplanationOut] | None,
+        Field(
+            description="guidance.explain: one entry per generated token (in a stream, per chunk)", title="Explanation"
+        ),
+    ] = None
 
 
 class ChatCompletionResponse(BaseModel):

@@ -39,13 +39,14 @@ from dataclasses import dataclass
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from llmdoctor.server.engine.decode_rule import combine_logprobs, logprobs_from_logits, rule_weights
+from llmdoctor.server.engine.decode_rule import guided_rule, logprobs_from_logits, rule_weights
 from llmdoctor.server.engine.doctor_runner import DoctorRunner
 from llmdoctor.server.engine.logit_adjust import mask_and_bias
 from llmdoctor.server.engine.lora_host import LoraHost
 from llmdoctor.server.engine.model_checks import check_full_attention, eos_ids
 from llmdoctor.server.engine.row_batch import RowBatch, StepPlan
 from llmdoctor.server.engine.vllm_guidance import EXTRA_ARGS_KEY, RowGuidance, parse_guidance
+from llmdoctor.server.engine.vllm_traces import TraceBook, Wanted
 from llmdoctor.server.errors import AdapterError, ConflictError
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class DoctorHost:
         eos = eos_ids(model.generation_config, model.config)
         self.runner = DoctorRunner(RowBatch(LoraHost(model), eos[0] if eos else 0, dtype), shared=False)
         self.lock = threading.Lock()  # one doctor step or adapter change at a time
+        self.traces = TraceBook()  # what the rule did, for the API to take (explain, KL); the engine thread's only
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="llmdoctor-doctors", initializer=_doctor_thread_setup,
                                        initargs=(device.type == "cpu",))
         logger.info("doctor runner ready in the vLLM engine process: base %s on %s", folder, device)
@@ -191,6 +193,8 @@ class DoctorLogitsProcessor(LogitsProcessor):
             if guidance is not None:
                 stops = tuple(sorted(params.all_stop_token_ids)) if guidance.min_tokens else ()
                 self.rows[index] = GuidedRow(next(self.keys), guidance, list(prompt or ()), output, stops)
+                if guidance.trace is not None:
+                    self.host.traces.open(guidance.trace)
         for a, b, direction in batch_update.moved:
             row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
             if row_a is not None:
@@ -199,12 +203,17 @@ class DoctorLogitsProcessor(LogitsProcessor):
                 if direction == MoveDirectionality.SWAP:
                     self.rows[a] = row_b
                 else:  # a one-way move onto b replaced b's request
-                    self.leaving.append(row_b)
+                    self._leave(row_b)
 
     def _drop(self, index: int) -> None:
         row = self.rows.pop(index, None)
         if row is not None:
-            self.leaving.append(row)
+            self._leave(row)
+
+    def _leave(self, row: GuidedRow) -> None:
+        self.leaving.append(row)
+        if row.guidance.trace is not None:
+            self.host.traces.close(row.guidance.trace)
 
     def _prepare(self, launch: bool) -> Prepared:
         """Bookkeeping (whose doctor rows leave or restart, who is guided this step), the doctor plan, and,
@@ -309,7 +318,8 @@ class DoctorLogitsProcessor(LogitsProcessor):
         doctors = self.host.runner.logprobs(result, [row.doctor_rows for row in rows])
         alpha, betas = rule_weights([row.guidance.alpha for row in rows], [row.guidance.betas for row in rows],
                                     patient.device)
-        rule = combine_logprobs(patient, doctors, alpha, betas)
+        ruled = guided_rule(patient, doctors, alpha, betas, [row.guidance.max_kl for row in rows])
+        rule = ruled.logprobs
         finite = rule.isfinite().all(dim=-1).tolist()  # (G,): one transfer per step (before min_tokens' -inf)
         # min_tokens and logit_bias after the rule (logit_adjust.py); vLLM's penalties follow this processor
         adjusted = [i for i, row in enumerate(rows)
@@ -318,10 +328,24 @@ class DoctorLogitsProcessor(LogitsProcessor):
             mask_and_bias(rule, adjusted, [rows[i].guidance for i in adjusted], [len(rows[i].output) for i in adjusted],
                           [rows[i].stops for i in adjusted])
         logits[indices] = rule.to(logits.dtype)
+        self._record(rows, rule, patient, doctors, ruled)
         for index, ok in zip(indices, finite):
             if not ok:
                 logger.error("non-finite rule log-probs in batch row %d; ending that request", index)
                 self._blame(index)
+
+    def _record(self, rows: list[GuidedRow], rule: torch.Tensor, patient: torch.Tensor, doctors: torch.Tensor | None,
+                ruled) -> None:
+        """Keep what the rule did at each traced row's next position for the API (vllm_traces.py): its KL and
+        scale, and under explain the distributions the token will be drawn from and compared with."""
+        for i, row in enumerate(rows):
+            if row.guidance.trace is None:
+                continue
+            kept = None
+            if row.guidance.explain:
+                width = len(row.guidance.doctors)
+                kept = (rule[i].clone(), patient[i].clone(), None if doctors is None else doctors[i, :width].clone())
+            self.host.traces.record(row.guidance.trace, len(row.output), ruled.kl[i], ruled.scale[i], kept)
 
     def _guide_isolated(self, logits: torch.Tensor, indices: list[int]) -> None:
         """After a failed doctor forward: each row's doctors alone, on an emptied runner. A row whose forward
@@ -375,6 +399,10 @@ class DoctorWorkerExtension:
 
     def llmdoctor_unload_doctor(self, name: str) -> None:
         doctor_host(self.vllm_config, self.device).unload(name)
+
+    def llmdoctor_take_traces(self, wanted: Wanted) -> dict:
+        """What the rule did at the positions the API names (vllm_traces.TraceBook.take)."""
+        return doctor_host(self.vllm_config, self.device).traces.take(wanted)
 
     def llmdoctor_doctors(self) -> list[str]:
         return doctor_host(self.vllm_config, self.device).names()

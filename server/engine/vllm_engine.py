@@ -38,6 +38,7 @@ from llmdoctor.server.engine.protocol import (
 )
 from llmdoctor.server.engine.structured_output import Grammars
 from llmdoctor.server.engine.vllm_guidance import guidance_extra_args
+from llmdoctor.server.engine.vllm_traces import TraceCollector, explanations
 from llmdoctor.server.errors import AdapterError
 from llmdoctor.server.model_store import ResolvedModel
 
@@ -95,6 +96,7 @@ class VllmEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stats = _StatsBox()
+        self._traces: TraceCollector | None = None  # what the doctor rule did, taken from the processor
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -148,6 +150,9 @@ class VllmEngine:
             enable_prefix_caching=False,  # the doctor rows prefill the whole prompt anyway; keeps runs repeatable
         )
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats.factory])
+        if self.doctors_enabled:
+            llm = self._llm
+            self._traces = TraceCollector(lambda method, args: llm.collective_rpc(method, args=args))
         logger.info("vLLM engine ready: %s (%s, max %d sequences, LoRA rank <= %d)", self.model_name, self.dtype,
                     self.max_batch, self.max_lora_rank)
 
@@ -215,18 +220,31 @@ class VllmEngine:
             ours.call_soon_threadsafe(events.put_nowait, event)
 
         completion = 0
+        traced = self._traces is not None and not request.guidance.is_plain
+        explain = traced and request.guidance.explain
+        trace = _TraceTally(request)
         try:
             async for out in self._llm.generate(TokensPrompt(prompt_token_ids=list(request.prompt_token_ids)),
-                                                _sampling_params(request), request.request_id,
+                                                _sampling_params(request, traced), request.request_id,
                                                 lora_request=self._loras.get(request.adapter or "")):
                 choice = out.outputs[0]
-                completion += len(choice.token_ids)
+                tokens, start = tuple(choice.token_ids), completion
+                completion += len(tokens)
                 finish = None
                 if out.finished:
                     finish = FINISH_REASONS.get(choice.finish_reason or "abort", "abort")
-                send(TokenEvent(request.request_id, tuple(choice.token_ids),
-                                _logprobs(choice, request.sampling.logprobs), finish,
-                                prompt_tokens=len(request.prompt_token_ids), completion_tokens=completion))
+                explained = None
+                # under explain the explanation travels with its tokens; else tokens go first and the KL follows,
+                # except on the last event, whose usage must be complete
+                if traced and tokens and (explain or finish is not None):
+                    explained = await trace.take(self._traces, start, tokens)
+                send(TokenEvent(request.request_id, tokens, _logprobs(choice, request.sampling.logprobs), finish,
+                                prompt_tokens=len(request.prompt_token_ids), completion_tokens=completion,
+                                explanation=explained if explain else None, **trace.usage(traced)))
+                if traced and tokens and finish is None and not explain:
+                    await trace.take(self._traces, start, tokens)
+                    send(TokenEvent(request.request_id, (), prompt_tokens=len(request.prompt_token_ids),
+                                    completion_tokens=completion, **trace.usage(traced)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the request ends with the error, the server stays up
@@ -370,7 +388,30 @@ class _StatsBox:
             return self.running, self.waiting, self.steps, self.generated
 
 
-def _sampling_params(request: GenerateRequest):
+class _TraceTally:
+    """One request's KL tally and explanations, from the records the processor kept (vllm_traces.py)."""
+
+    def __init__(self, request: GenerateRequest):
+        self.request = request
+        self.doctors = tuple(d.name for d in request.guidance.active)
+        self.kl_sum, self.kl_tokens = 0.0, 0
+
+    async def take(self, collector: TraceCollector, start: int, tokens: tuple[int, ...]):
+        try:
+            records = await collector.take(self.request.request_id, start, list(tokens))
+        except Exception:  # noqa: BLE001 - the trace is a view of the request, never a reason to fail it
+            logger.exception("taking the guidance trace of %s failed", self.request.request_id)
+            return None
+        for _, _, kl, _, _ in records:
+            self.kl_sum += kl
+            self.kl_tokens += 1
+        return explanations(records, self.doctors)
+
+    def usage(self, traced: bool) -> dict:
+        return {"kl_sum": self.kl_sum, "kl_tokens": self.kl_tokens} if traced and self.kl_tokens else {}
+
+
+def _sampling_params(request: GenerateRequest, traced: bool = False):
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
@@ -378,7 +419,8 @@ def _sampling_params(request: GenerateRequest):
     # vLLM applies min_tokens and logit_bias before logits processors, to the patient's logits: for a guided
     # request our processor applies them to the rule instead (logit_adjust.py's order); penalties and min_p
     # come after the processor in vLLM's sampler, where they belong
-    extra_args = guidance_extra_args(request.guidance, s.min_tokens, s.logit_bias)
+    extra_args = guidance_extra_args(request.guidance, s.min_tokens, s.logit_bias,
+                                     request.request_id if traced else None)
     structured = None
     if s.output_format is not None:  # vLLM masks the patient's logits; our rule keeps masked tokens out
         structured = (StructuredOutputsParams(json_object=True) if s.output_format.kind == "json_object"

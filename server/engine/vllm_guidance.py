@@ -28,9 +28,14 @@ class RowGuidance:
     # processor, on the patient's logits, so a guided request's travel here and the processor applies them
     min_tokens: int = 0
     logit_bias: tuple[tuple[int, float], ...] = ()
+    # the request's id, under which the processor keeps what the rule did for the API to take (vllm_traces.py)
+    trace: str | None = None
+    explain: bool = False
+    max_kl: float | None = None
 
 
-def guidance_extra_args(guidance: Guidance, min_tokens: int = 0, logit_bias=()) -> dict | None:
+def guidance_extra_args(guidance: Guidance, min_tokens: int = 0, logit_bias=(), trace: str | None = None
+                        ) -> dict | None:
     """extra_args for a request, or None when the rule is the patient's own distribution (no processor cost)."""
     if guidance.is_plain:
         return None
@@ -40,6 +45,12 @@ def guidance_extra_args(guidance: Guidance, min_tokens: int = 0, logit_bias=()) 
         value["min_tokens"] = min_tokens
     if logit_bias:
         value["logit_bias"] = [[token, bias] for token, bias in logit_bias]
+    if trace is not None:
+        value["trace"] = trace
+    if guidance.explain:
+        value["explain"] = True
+    if guidance.max_kl is not None:
+        value["max_kl"] = guidance.max_kl
     return {EXTRA_ARGS_KEY: value}
 
 
@@ -70,8 +81,15 @@ def parse_guidance(extra_args: dict | None) -> RowGuidance | None:
     names = [w.name for w in weights]
     if len(set(names)) != len(names):
         raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}.doctors names a doctor twice: {names}")
+    explain, max_kl, trace = value.get("explain", False), value.get("max_kl"), value.get("trace")
+    if not isinstance(explain, bool):
+        raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}.explain must be true or false, got {explain!r}")
+    if max_kl is not None and (isinstance(max_kl, bool) or not isinstance(max_kl, (int, float))):
+        raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}.max_kl must be a number, got {max_kl!r}")
+    if trace is not None and not isinstance(trace, str):
+        raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}.trace must be a request id, got {trace!r}")
     try:  # the engine's ranges (protocol.py), checked again where vLLM hands the request to the processor
-        guidance = Guidance(float(alpha), tuple(weights))
+        guidance = Guidance(float(alpha), tuple(weights), explain, None if max_kl is None else float(max_kl))
     except InvalidRequestError as exc:
         raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}: {exc.message}") from exc
     if guidance.is_plain:
@@ -85,4 +103,4 @@ def parse_guidance(extra_args: dict | None) -> RowGuidance | None:
             and e[0] >= 0 and isinstance(e[1], (int, float)) and math.isfinite(e[1]) for e in bias):
         raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}.logit_bias must be a list of [token id, finite bias] entries")
     return RowGuidance(guidance.rule_alpha, tuple(names), tuple(w.beta for w in weights), min_tokens,
-                       tuple((int(t), float(b)) for t, b in bias))
+                       tuple((int(t), float(b)) for t, b in bias), trace, explain, guidance.max_kl)

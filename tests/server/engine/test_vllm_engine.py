@@ -305,3 +305,48 @@ async def test_vllm_concurrent_loads_of_one_name_one_wins(vllm_engine, doctor_ad
     assert sum(not isinstance(r, Exception) for r in results) == 1
     assert all(isinstance(r, ConflictError) for r in results if isinstance(r, Exception))
     await vllm_engine.unload_adapter("same")
+
+
+async def _traced(engine, request):
+    """(tokens, explanation, logprobs, last kl_sum, last kl_tokens) of one request."""
+    tokens, explained, logprobs, kl = [], [], [], (None, 0)
+    async for event in engine.generate(request):
+        tokens += event.token_ids
+        explained += event.explanation or ()
+        logprobs += event.logprobs or ()
+        if event.kl_sum is not None:
+            kl = (event.kl_sum, event.kl_tokens)
+    return tokens, explained, logprobs, kl
+
+
+@pytest.mark.parametrize("max_kl", [None, 0.05], ids=["free", "budget"])
+async def test_explain_and_max_kl_equal_the_torch_engine(vllm_engine, engine, tokenizer, max_kl):
+    """The side channel from vLLM's engine core (vllm_traces.py) brings back what the torch engine reports:
+    the same tokens, per-token log-probs of patient, doctors and rule, KL and max_kl's scale, for several
+    requests in one batch."""
+    guidance = Guidance(alpha=0.9, doctors=BOTH.doctors, explain=True, max_kl=max_kl)
+    requests = [_request(tokenizer, prompt, guidance, max_tokens=10, logprobs=0) for prompt in PROMPTS]
+    ours = await asyncio.gather(*(_traced(vllm_engine, r) for r in requests))
+    for request, (tokens, explained, logprobs, kl) in zip(requests, ours):
+        ref_tokens, ref_explained, _, ref_kl = await _traced(engine, request)
+        assert tokens == ref_tokens and [e.token_id for e in explained] == tokens
+        for got, want, lp in zip(explained, ref_explained, logprobs, strict=True):
+            assert got.rule_logprob == pytest.approx(lp.logprob, abs=1e-5)  # what logprobs reports (temperature 0)
+            assert got.patient_logprob == pytest.approx(want.patient_logprob, abs=2e-3)
+            assert dict(got.doctor_logprobs) == pytest.approx(dict(want.doctor_logprobs), abs=2e-3)
+            assert got.rule_logprob == pytest.approx(want.rule_logprob, abs=2e-3)
+            assert got.kl == pytest.approx(want.kl, abs=2e-3)
+            assert got.beta_scale == pytest.approx(want.beta_scale, abs=2e-3)
+            if max_kl is not None:
+                assert got.kl <= max_kl + 1e-6
+        assert kl[1] == len(tokens) and kl[0] == pytest.approx(ref_kl[0], abs=1e-2)
+    if max_kl is not None:
+        assert any(e.beta_scale < 1 for _, explained, _, _ in ours for e in explained)
+
+
+async def test_guided_requests_tally_kl_without_explain(vllm_engine, tokenizer):
+    tokens, explained, _, (kl_sum, kl_tokens) = await _traced(
+        vllm_engine, _request(tokenizer, PROMPTS[0], CHEERFUL, max_tokens=8))
+    assert explained == [] and kl_tokens == len(tokens) and kl_sum > 0
+    _, _, _, plain = await _traced(vllm_engine, _request(tokenizer, PROMPTS[0], max_tokens=4))
+    assert plain == (None, 0)

@@ -44,6 +44,17 @@ def test_chat_guidance_with_a_doctor_changes_the_reply(sdk):
     assert guided.text != sdk.chat(HELLO, **GREEDY).text
 
 
+def test_explain_is_on_each_choice_and_in_the_stream(sdk):
+    guidance = Guidance(doctors={"cheerful": 2.0}, explain=True, max_kl=0.5)
+    reply = sdk.chat(HELLO, guidance=guidance, **GREEDY)
+    explanation = reply.choices[0].explanation
+    assert explanation and all(e.kl <= 0.5 + 1e-6 and set(e.doctor_logprobs) == {"cheerful"} for e in explanation)
+    assert reply.usage.mean_kl_per_token == pytest.approx(sum(e.kl for e in explanation) / len(explanation))
+    with sdk.chat(HELLO, guidance=guidance, stream=True, **GREEDY) as chunks:
+        streamed = [e for chunk in chunks for choice in chunk.choices for e in choice.explanation or ()]
+    assert streamed == explanation
+
+
 def test_chat_guidance_as_a_plain_mapping_equals_the_model(sdk):
     as_model = sdk.chat(HELLO, guidance=Guidance(alpha=1.0, doctors={"cheerful": 0.7}), **GREEDY)
     as_dict = sdk.chat(HELLO, guidance={"doctors": [{"name": "cheerful", "beta": 0.7}]}, **GREEDY)

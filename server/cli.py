@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -134,6 +135,54 @@ def run_data(args: argparse.Namespace) -> int:
     return {"synth": run_synth}[args.action](args)
 
 
+# ------------------------------------------------------------------ explain
+
+
+def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("response", metavar="RESPONSE",
+                        help="a saved response (JSON or SSE stream) of a request with guidance.explain; - for stdin")
+    parser.add_argument("-o", "--output", type=Path, metavar="OUT.html",
+                        help="where the page goes (default: RESPONSE with the suffix .html; for stdin, stdout)")
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    """Read, render, write; a user mistake (no file, not an explained response, unwritable -o) is one line, exit 2."""
+    from llmdoctor.server.explain_view import ExplainViewError, load_response, render_html
+
+    stdin = args.response == "-"
+    source = "stdin" if stdin else args.response
+    try:
+        response = load_response(sys.stdin.read() if stdin else Path(args.response).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return _explain_error(f"{source}: no such file")
+    except IsADirectoryError:
+        return _explain_error(f"{source}: is a folder, expected a saved response file")
+    except UnicodeDecodeError:
+        return _explain_error(f"{source}: not UTF-8 text, expected a saved JSON response or SSE stream")
+    except OSError as exc:
+        return _explain_error(f"{source}: cannot read ({exc.strerror or exc})")
+    except ExplainViewError as exc:
+        return _explain_error(f"{source}: {exc}")
+    page = render_html(response, title=None if stdin else Path(args.response).name)
+    if stdin and args.output is None:
+        sys.stdout.write(page)
+        return 0
+    output = args.output or Path(args.response).with_suffix(".html")
+    if not stdin and output.resolve() == Path(args.response).resolve():  # a saved `x.html`, or -o naming the input
+        return _explain_error(f"{output}: would overwrite RESPONSE; name another file with -o")
+    try:
+        output.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        return _explain_error(f"-o {output}: cannot write ({exc.strerror or exc})")
+    print(output)
+    return 0
+
+
+def _explain_error(message: str) -> int:
+    print(f"llmdoctor explain: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("serve", "run the OpenAI-compatible server", add_settings_arguments, run_serve),
     Command("data", "build preference data for training (data synth)", add_data_arguments, run_data),
@@ -146,6 +195,8 @@ COMMANDS: tuple[Command, ...] = (
             add_recipe_arguments, run_recipe_command),
     Command("batch", "an offline job: a file of chat/completion requests through engine replicas on Ray Data",
             add_batch_arguments, run_batch_command),
+    Command("explain", "a saved response of a request with guidance.explain as an HTML page, tokens coloured by "
+            "how far the doctors moved them", add_explain_arguments, run_explain),
 )
 
 

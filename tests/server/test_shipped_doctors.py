@@ -20,9 +20,8 @@ SERVED_FILES = {"adapter_config.json", "adapter_model.safetensors", "llmdoctor.j
 MAX_BYTES = 5_000_000
 
 
-def test_positivity_ships():
-    # conciseness follows when its recipe run lands (issue 19.1)
-    assert "positivity" in SHIPPED, f"{SHIPPED_DIR} holds {sorted(SHIPPED)}"
+def test_positivity_and_conciseness_ship():
+    assert {"positivity", "conciseness"} <= set(SHIPPED), f"{SHIPPED_DIR} holds {sorted(SHIPPED)}"
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))

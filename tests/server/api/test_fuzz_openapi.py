@@ -155,7 +155,9 @@ def neutralise(case):
         if isinstance(body.get("stop_token_ids"), list):
             body["stop_token_ids"] = [abs(int(t)) % VOCAB for t in body["stop_token_ids"]]
         if isinstance(body.get("logit_bias"), dict):
-            body["logit_bias"] = {str(int(k) % VOCAB): v for k, v in body["logit_bias"].items()}
+            # keys the document's pattern refuses are the generator's slip (it may not apply propertyNames): dropped
+            body["logit_bias"] = {str(int(k) % VOCAB): v for k, v in body["logit_bias"].items()
+                                  if re.fullmatch(r"[0-9]{1,10}", k)}
         asked = body.get("max_tokens") or body.get("max_completion_tokens") or 0
         if isinstance(body.get("min_tokens"), int) and not (isinstance(asked, int) and body["min_tokens"] <= asked):
             body.pop("min_tokens")

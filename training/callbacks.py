@@ -14,7 +14,8 @@ from pathlib import Path
 from transformers import ProgressCallback, TrainerCallback
 
 # (logged key, short label) shown on the progress bar, in this order.
-SHOWN = (("loss", "loss"), ("rewards/accuracies", "chosen pref"), ("rewards/margins", "margin"))
+SHOWN = (("loss", "loss"), ("rewards/accuracies", "chosen pref"), ("rewards/margins", "margin"),
+         ("mean_token_accuracy", "token acc"))
 
 
 class MetricsJsonlCallback(TrainerCallback):

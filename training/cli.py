@@ -1,6 +1,6 @@
-"""`llmdoctor train dpo|gdpo|rewards|doctor --config FILE [--dry-run] [--device cuda|cpu] [--resume CHECKPOINT]`.
+"""`llmdoctor train dpo|gdpo|sft|rewards|doctor --config FILE [--dry-run] [--device cuda|cpu] [--resume CHECKPOINT]`.
 
-dpo / gdpo train patient adapters (config.py); rewards computes stage 1's token rewards and doctor
+dpo / gdpo / sft train patient adapters (config.py); rewards computes stage 1's token rewards and doctor
 trains a TFPO doctor on them (doctor_config.py). `rewards` resumes by rerunning (no checkpoint).
 
 Exit status: 0 done (or dry run), 2 a config/data/usage error (one message naming the field),
@@ -19,15 +19,16 @@ from pathlib import Path
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_OOM = 3
-METHODS = ("dpo", "gdpo", "rewards", "doctor")
+METHODS = ("dpo", "gdpo", "sft", "rewards", "doctor")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "method",
         choices=METHODS,
-        help="dpo | gdpo: a patient adapter (must match alignment.method); rewards: token-level rewards "
-        "(LLMdoctor stage 1); doctor: a TFPO doctor from those rewards (stage 2)",
+        help="dpo | gdpo | sft: a patient adapter (must match alignment.method; sft: supervised, on instruction / "
+        "response rows); rewards: token-level rewards (LLMdoctor stage 1); doctor: a TFPO doctor from those "
+        "rewards (stage 2)",
     )
     parser.add_argument("--config", required=True, type=Path, metavar="FILE", help="training YAML config")
     parser.add_argument(
@@ -46,7 +47,7 @@ def run_train(args: argparse.Namespace) -> int:
         config.device = pick_device(args.device or config.device)
         _check_resume(args.resume, args.method)
         if args.dry_run:
-            return dry_run(config) if args.method in ("dpo", "gdpo") else _doctor_dry_run(config, args.method)
+            return dry_run(config) if args.method in ("dpo", "gdpo", "sft") else _doctor_dry_run(config, args.method)
         if args.method == "rewards":
             return _rewards(config, prog)
         return _train(config, args, prog)
@@ -89,6 +90,12 @@ def dry_run(config) -> int:
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).rstrip())
     tokenizer = load_tokenizer(config, resolve_patient(config))
     a = config.alignment
+    if a.method == "sft":
+        from llmdoctor.training.sft_data import load_sft
+
+        print(load_sft(config.dataset, tokenizer, seed=a.seed).report.summary())
+        print("dry run: nothing trained, nothing written")
+        return 0
     group_size = a.group_delay_size if a.method == "gdpo" else None
     data = load_preferences(config.dataset, a.method, tokenizer, group_size=group_size, seed=a.seed)
     print(data.report.summary())
@@ -139,10 +146,11 @@ def _train(config, args: argparse.Namespace, prog: str) -> int:
 
     from llmdoctor.training.dpo_training import train_dpo
     from llmdoctor.training.gdpo_training import train_gdpo
+    from llmdoctor.training.sft_training import train_sft
     from llmdoctor.training.tfpo_training import train_doctor
     from llmdoctor.training.trainer_runs import TrainingInterrupted
 
-    train = {"dpo": train_dpo, "gdpo": train_gdpo, "doctor": train_doctor}[args.method]
+    train = {"dpo": train_dpo, "gdpo": train_gdpo, "sft": train_sft, "doctor": train_doctor}[args.method]
     try:
         result = train(config, config.device, args.resume)
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from llmdoctor.server.errors import InvalidRequestError
 from llmdoctor.server.model_store import EMBEDDED, EMBEDDED_NAME
 
-Method = Literal["dpo", "gdpo"]
+Method = Literal["dpo", "gdpo", "sft"]
 DataFormat = Literal["auto", "json", "jsonl", "csv", "parquet", "datasets"]
 
 
@@ -63,6 +63,10 @@ class DatasetConfig(_Section):
     rejected_field: str = "rejected"
     responses_field: str = "responses"  # GDPO: K responses, best first (or ranked by scores_field)
     scores_field: str | None = None  # GDPO: one score per response, higher is better
+    instruction_field: str = "instruction"  # SFT: the prompt of an instruction / response row
+    response_field: str = "response"  # SFT: the answer to learn
+    messages_field: str = "messages"  # SFT: chat rows, the last message the assistant's answer
+    label_field: str | None = None  # SFT / k-fold: a label to stratify folds by (and to score against)
     train_split: str = "train"
     validation_fraction: float = Field(0.0, ge=0, lt=1)
     max_length: int = Field(1024, gt=0)  # tokens, prompt + response

@@ -204,7 +204,7 @@ def final_metrics(state, window: int, extra_keys: tuple[str, ...] = ()) -> dict[
     worth, so every training pair counts once at the end), plus the whole run's mean loss (from the
     log history, so a resumed run counts its steps before the resume too) and eval results.
     `extra_keys`: more logged keys to average the same way (a trainer's own loss parts)."""
-    train_logs = [log for log in state.log_history if "loss" in log and "rewards/accuracies" in log]
+    train_logs = [log for log in state.log_history if "loss" in log]  # a step's log (eval logs carry eval_loss)
     last = train_logs[-window:]
     metrics: dict[str, Any] = {
         "loss": _mean(last, "loss"),
@@ -223,6 +223,10 @@ def final_metrics(state, window: int, extra_keys: tuple[str, ...] = ()) -> dict[
             eval_reward_accuracy=_mean(last_eval, "eval_rewards/accuracies"),
             eval_reward_margin=_mean(last_eval, "eval_rewards/margins"),
         )
+        for key in extra_keys:  # the trainer's own keys, where its eval logs them too
+            value = _mean(last_eval, f"eval_{key}")
+            if value is not None:
+                metrics[f"eval_{key.replace('/', '_')}"] = value
     return metrics
 
 

@@ -28,6 +28,7 @@ from llmdoctor.server.config import (
 from llmdoctor.server.errors import LLMDoctorError
 from llmdoctor.training.cli import add_train_arguments, run_train  # stdlib-only at import
 from llmdoctor.training.evaluate import add_eval_arguments, run_eval_command  # torch loads inside the run
+from llmdoctor.training.kfold import add_kfold_arguments, run_kfold_command  # torch loads inside the run
 from llmdoctor.training.merge import add_merge_arguments, run_merge  # stdlib-only at import
 from llmdoctor.training.recipe import add_recipe_arguments, run_recipe_command  # stdlib-only at import
 
@@ -186,13 +187,16 @@ def _explain_error(message: str) -> int:
 COMMANDS: tuple[Command, ...] = (
     Command("serve", "run the OpenAI-compatible server", add_settings_arguments, run_serve),
     Command("data", "build preference data for training (data synth)", add_data_arguments, run_data),
-    Command("train", "train a patient adapter (train dpo|gdpo) or a doctor (train rewards, then train doctor)",
+    Command("train", "train a patient adapter (train dpo|gdpo|sft) or a doctor (train rewards, then train doctor)",
             add_train_arguments, run_train),
     Command("merge", "merge a patient adapter into the patient; write a full model", add_merge_arguments, run_merge),
     Command("eval", "the reward/KL frontier: score, KL, diversity and speed of guided settings", add_eval_arguments,
             run_eval_command),
     Command("recipe", "one command, end to end: data, token rewards, a TFPO doctor, a DPO adapter, eval",
             add_recipe_arguments, run_recipe_command),
+    Command("kfold", "k folds of a labelled instruction / response file: an SFT adapter per fold, each held-out "
+            "fold predicted and scored (beside the patient and guided settings)", add_kfold_arguments,
+            run_kfold_command),
     Command("batch", "an offline job: a file of chat/completion requests through engine replicas on Ray Data",
             add_batch_arguments, run_batch_command),
     Command("explain", "a saved response of a request with guidance.explain as an HTML page, tokens coloured by "

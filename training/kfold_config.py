@@ -1,0 +1,107 @@
+"""`llmdoctor kfold --config FILE`: one YAML file, validated by pydantic, in the training configs' conventions
+(config.py: unknown keys refused, every error names its dotted field, input paths relative to the file).
+
+Sections: `model` and `dataset` as for `train sft`; `folds` (k, seed, stratify); `sft` (the adapter each fold
+trains: AlignmentConfig's keys, method sft implied); `predict` (how the held-out rows are answered); `score`;
+`compare` (the same folds answered by the bare patient and by the patient guided by named doctors).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from llmdoctor.server.engine.protocol import GUIDANCE_MODES, MAX_WEIGHT
+from llmdoctor.training.config import (
+    AlignmentConfig,
+    ConfigError,
+    DatasetConfig,
+    ModelConfig,
+    _read_yaml,
+    _Section,
+    _under,
+    config_error_from,
+)
+from llmdoctor.server.model_store import EMBEDDED
+
+Metric = Literal["exact_match", "first_token"]
+
+
+class FoldsConfig(_Section):
+    k: int = Field(5, ge=2, description="folds: each row is held out exactly once")
+    seed: int = 0
+    stratify: bool = True  # by dataset.label_field, when it is set: every fold gets each label's share
+
+
+class SftSection(AlignmentConfig):
+    """AlignmentConfig with method sft; output_dir is set per fold by the run."""
+
+    method: Literal["sft"] = "sft"
+
+
+class PredictConfig(_Section):
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(0.0, ge=0, le=2)  # 0 = greedy
+    seed: int = 0  # sampled predictions: each row's seed is this plus its index, so a rerun repeats them
+    concurrency: int = Field(32, ge=1, description="held-out rows in flight at once (the engine batches them)")
+
+
+class GuidedSetting(_Section):
+    alpha: float = Field(1.0, ge=0, le=MAX_WEIGHT)
+    doctors: list[dict] = Field(min_length=1, description='[{"name": ..., "beta": ..., "mode": product|ratio}]')
+
+    @model_validator(mode="after")
+    def _doctor_entries(self) -> GuidedSetting:
+        for i, entry in enumerate(self.doctors):
+            if set(entry) - {"name", "beta", "mode"} or "name" not in entry or "beta" not in entry:
+                raise ValueError(f"doctors[{i}] must be {{name, beta, mode}}, got {entry!r}")
+            if entry.get("mode", "product") not in GUIDANCE_MODES:
+                raise ValueError(f"doctors[{i}].mode must be one of {', '.join(GUIDANCE_MODES)}")
+        return self
+
+
+class CompareConfig(_Section):
+    patient: bool = True  # the bare patient answers every fold too
+    doctors: dict[str, Path] = Field(default_factory=dict, description="doctor name -> adapter folder, loaded once")
+    default_doctors: bool = True  # the doctors shipped with the embedded default (positivity, conciseness)
+    guided: dict[str, GuidedSetting] = Field(default_factory=dict, description="setting name -> guidance")
+
+
+class KfoldConfig(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    dataset: DatasetConfig
+    folds: FoldsConfig = Field(default_factory=FoldsConfig)
+    sft: SftSection = Field(default_factory=SftSection)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+    score: Metric = "exact_match"
+    compare: CompareConfig = Field(default_factory=CompareConfig)
+    output_dir: Path
+    device: Literal["cuda", "cpu"] = "cpu"
+
+    @model_validator(mode="after")
+    def _settings_named_once(self) -> KfoldConfig:
+        taken = {"sft", "patient"} & set(self.compare.guided)
+        if taken:
+            raise ValueError(f"compare.guided names a setting {sorted(taken)[0]!r}, which the report uses already")
+        return self
+
+
+def load_kfold_config(path: str | Path) -> KfoldConfig:
+    """Read and validate; ConfigError (naming the field) otherwise."""
+    path = Path(path).expanduser()
+    raw = _read_yaml(path, KfoldConfig)
+    try:
+        config = KfoldConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise config_error_from(exc, source=str(path), root=KfoldConfig) from None
+    base = path.resolve().parent
+    if config.model.path != EMBEDDED:
+        config.model.path = str(_under(base, config.model.path))
+    config.dataset.path = _under(base, config.dataset.path)
+    config.compare.doctors = {name: _under(base, folder) for name, folder in config.compare.doctors.items()}
+    if config.compare.guided and not (config.compare.doctors or config.compare.default_doctors):
+        raise ConfigError("compare.guided needs doctors: name them in compare.doctors or keep "
+                          "compare.default_doctors", field="compare.doctors")
+    return config

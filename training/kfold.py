@@ -142,6 +142,7 @@ def run_kfold(config: KfoldConfig, log=print) -> KfoldReport:
     predictor = FoldPredictor(config)
     results = []
     try:
+        predictor.start()  # before any fold trains, so every fold's peak counts the engine alike
         for number, fold in enumerate(folds):
             done = out / f"fold-{number}" / "result.json"
             if done.is_file():
@@ -180,11 +181,11 @@ def _run_fold(config: KfoldConfig, number: int, fold: list[int], rows: dict[int,
     started = time.monotonic()
     adapter = _train_fold(config, folder, train_rows)
     trained = time.monotonic()
-    gc.collect()
-    _empty_cuda_cache()
+    release_memory()
     # 2) predict the held-out rows with the fold's adapter, and with every compared setting
     predictions = predictor.predict(number, [rows[i] for i in fold], adapter)
     predicted = time.monotonic()
+    release_memory()
     (folder / "predictions.jsonl").write_text("".join(p.model_dump_json() + "\n" for p in predictions))
     by_setting: dict[str, list[bool]] = defaultdict(list)
     for p in predictions:
@@ -237,11 +238,23 @@ def _plain(text) -> list[dict]:
     return [{"role": m.role, "content": m.content} for m in text]
 
 
-def _empty_cuda_cache() -> None:
+def release_memory() -> None:
+    """Give back what the fold freed: the trainer's cycles (gc), the CUDA cache, and the C heap's free pages
+    (glibc keeps freed blocks in its arenas; without malloc_trim each fold's training leaves them resident)."""
+    import ctypes
+    import ctypes.util
+
     import torch
 
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    libc = ctypes.util.find_library("c")
+    if libc:
+        try:
+            ctypes.CDLL(libc).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
 
 
 def _write_report(out: Path, config: KfoldConfig, results: list[FoldResult], rows: int, log) -> KfoldReport:

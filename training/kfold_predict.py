@@ -25,6 +25,11 @@ class FoldPredictor:
         self._services = None
         self.errors = 0
 
+    def start(self) -> None:
+        """Load the engine and the doctors (the first predict does it otherwise)."""
+        if self._services is None:
+            self._runner.run(self._start())
+
     def predict(self, fold: int, rows: list[SftRow], adapter: Path) -> list[Prediction]:
         return self._runner.run(self._predict(fold, rows, adapter))
 

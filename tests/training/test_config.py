@@ -128,7 +128,7 @@ def test_load_config_missing_method_named(tmp_path):
 
 def test_load_config_bad_choice_lists_choices(tmp_path):
     error = error_of(tmp_path, "dataset: {path: p.jsonl}\nalignment: {method: ppo, loss_type: kto}\n")
-    assert "alignment.method: must be one of dpo, gdpo, got 'ppo'" in error.message
+    assert "alignment.method: must be one of dpo, gdpo, sft, got 'ppo'" in error.message
     assert "alignment.loss_type: must be one of sigmoid, hinge, ipo, got 'kto'" in error.message
 
 

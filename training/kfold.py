@@ -24,6 +24,7 @@ import json
 import math
 import random
 import re
+import shutil
 import statistics
 import sys
 import time
@@ -219,8 +220,6 @@ def _train_fold(config: KfoldConfig, folder: Path, train_rows: list[SftRow]) -> 
         device=config.device,
     )
     # a fold killed mid-training starts that fold again: its half-written adapter folder goes
-    import shutil
-
     shutil.rmtree(adapter, ignore_errors=True)
     train_sft(fold_config, config.device)
     return adapter

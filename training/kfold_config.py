@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from llmdoctor.server.engine.protocol import GUIDANCE_MODES, MAX_WEIGHT
+from llmdoctor.server.engine.protocol import MAX_WEIGHT, GuidanceMode
 from llmdoctor.training.config import (
     AlignmentConfig,
     ConfigError,
@@ -48,18 +48,17 @@ class PredictConfig(_Section):
     concurrency: int = Field(32, ge=1, description="held-out rows in flight at once (the engine batches them)")
 
 
-class GuidedSetting(_Section):
-    alpha: float = Field(1.0, ge=0, le=MAX_WEIGHT)
-    doctors: list[dict] = Field(min_length=1, description='[{"name": ..., "beta": ..., "mode": product|ratio}]')
+class DoctorEntry(_Section):
+    name: str = Field(min_length=1)
+    beta: float = Field(ge=-MAX_WEIGHT, le=MAX_WEIGHT)
+    mode: GuidanceMode = "product"
 
-    @model_validator(mode="after")
-    def _doctor_entries(self) -> GuidedSetting:
-        for i, entry in enumerate(self.doctors):
-            if set(entry) - {"name", "beta", "mode"} or "name" not in entry or "beta" not in entry:
-                raise ValueError(f"doctors[{i}] must be {{name, beta, mode}}, got {entry!r}")
-            if entry.get("mode", "product") not in GUIDANCE_MODES:
-                raise ValueError(f"doctors[{i}].mode must be one of {', '.join(GUIDANCE_MODES)}")
-        return self
+
+class GuidedSetting(_Section):
+    """The guidance a compared setting sends with every held-out row (the API's `guidance` field)."""
+
+    alpha: float = Field(1.0, ge=0, le=MAX_WEIGHT)
+    doctors: list[DoctorEntry] = Field(min_length=1)
 
 
 class CompareConfig(_Section):

@@ -82,6 +82,8 @@ def _config(folder: Path, **changes) -> Path:
     ({"sft": {"lora_r": 0}}, "sft.lora_r"),
     ({"compare": {"guided": {"sft": {"doctors": [{"name": "x", "beta": 1}]}}}}, "compare"),
     ({"predict": {"temprature": 0}}, "predict.temprature"),
+    ({"compare": {"guided": {"g": {"doctors": [{"name": "x", "beta": 1, "mode": "sharpen"}]}}}},
+     "compare.guided.g.doctors.0.mode"),
 ])
 def test_bad_configs_exit_2_naming_the_field(tmp_path, capsys, changes, field):
     assert main(["kfold", "--config", str(_config(tmp_path, **changes))]) == 2

@@ -91,6 +91,8 @@ class CompletionsService:
                 async for delta in deltas:
                     completion_tokens[delta.index] = delta.completion_tokens
                     kl.update(delta.index, delta.kl_sum, delta.kl_tokens)
+                    if not (delta.text or delta.logprobs or delta.explanation or delta.finish_reason):
+                        continue  # only the KL tally moved (the vllm engine reports it after the tokens)
                     usage = None
                     if body.include_usage_in_every_chunk:  # this choice's usage so far, as vLLM counts it
                         usage = UsageInfo.of(prompt_tokens[delta.index], delta.completion_tokens, kl.of(delta.index))

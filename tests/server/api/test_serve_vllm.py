@@ -3,6 +3,8 @@
 The torch live server (`live_server`, same doctor and patient adapter) is the reference.
 """
 
+import json
+
 import pytest
 
 from tests.live_server import VLLM_START_TIMEOUT, start_server
@@ -46,6 +48,25 @@ def test_vllm_server_streams(vllm_server):
         extra_body={"guidance": GUIDED}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == plain.choices[0].message.content
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_vllm_server_explains_and_tallies_kl_over_http(vllm_server, live_server):
+    """guidance.explain and usage.mean_kl_per_token through vLLM's engine process (vllm_traces.py), equal to
+    the torch server's; a guided completion stream carries no empty chunks for the KL that follows its tokens."""
+    body = {"prompt": "Mondays are", "max_tokens": 8, "temperature": 0, "guidance": {**GUIDED, "explain": True}}
+    with vllm_server.client() as ours, live_server.client() as reference:
+        got, want = (c.post("/v1/completions", json=body).json() for c in (ours, reference))
+        stream = ours.post("/v1/completions", json={**body, "guidance": GUIDED, "stream": True,
+                                                   "stream_options": {"include_usage": True}})
+    explained, expected = got["choices"][0]["explanation"], want["choices"][0]["explanation"]
+    assert [e["token"] for e in explained] == [e["token"] for e in expected]
+    for a, b in zip(explained, expected):
+        assert abs(a["rule_logprob"] - b["rule_logprob"]) < 2e-3 and abs(a["kl"] - b["kl"]) < 2e-3
+    assert abs(got["usage"]["mean_kl_per_token"] - want["usage"]["mean_kl_per_token"]) < 2e-3
+    chunks = [line[6:] for line in stream.text.splitlines() if line.startswith("data: {")]
+    parsed = [json.loads(c) for c in chunks]
+    assert all(p["choices"][0]["text"] or p["choices"][0]["finish_reason"] for p in parsed if p["choices"])
+    assert parsed[-1]["usage"]["mean_kl_per_token"] > 0
 
 
 def test_vllm_server_refuses_bad_guidance_naming_the_field(vllm_server):

@@ -26,6 +26,7 @@ from llmdoctor.server.config import (
     flag_name,
 )
 from llmdoctor.server.errors import LLMDoctorError
+from llmdoctor.server.feedback.db_cli import add_db_arguments, run_db_command  # SQLAlchemy loads inside the run
 from llmdoctor.training.cli import add_train_arguments, run_train  # stdlib-only at import
 from llmdoctor.training.evaluate import add_eval_arguments, run_eval_command  # torch loads inside the run
 from llmdoctor.training.kfold import add_kfold_arguments, run_kfold_command  # torch loads inside the run
@@ -199,6 +200,8 @@ COMMANDS: tuple[Command, ...] = (
             run_kfold_command),
     Command("batch", "an offline job: a file of chat/completion requests through engine replicas on Ray Data",
             add_batch_arguments, run_batch_command),
+    Command("db", "the feedback database's schema: db upgrade|downgrade|current --db URL", add_db_arguments,
+            run_db_command),
     Command("explain", "a saved response of a request with guidance.explain as an HTML page, tokens coloured by "
             "how far the doctors moved them", add_explain_arguments, run_explain),
 )

@@ -9,12 +9,10 @@ Each request runs to max_tokens (ignore_eos), greedy, so every setting generates
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import statistics
 import sys
 
-from bench_serving import free_port, launch, post_throughput  # run as a script: benchmarks/ is on sys.path
+from bench_serving import measure_on_server, post_throughput, settings_bench_parser  # run as a script: benchmarks/ is on sys.path
 
 PROMPT = "Tell me about your week."
 DOCTOR = {"doctors": [{"name": "positivity", "beta": 2, "mode": "ratio"}]}
@@ -41,22 +39,8 @@ async def measure(url: str, args) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engine", choices=("torch", "vllm"), default="torch")
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    port = free_port()
-    proc, ready = launch([sys.executable, "-m", "llmdoctor.server.cli", "serve", "--port", str(port),
-                          "--engine", args.engine], port, timeout=300)
-    try:
-        results = asyncio.run(measure(f"http://127.0.0.1:{port}", args))
-    finally:
-        proc.terminate()
-        proc.wait(60)
-    print(f"engine {args.engine}, concurrency {args.concurrency}, {args.max_tokens} tokens, median of {args.rounds} "
-          f"rounds (server ready in {ready:.0f} s)")
+    args = settings_bench_parser(__doc__.splitlines()[0]).parse_args()
+    results = measure_on_server(args, measure)
     print(f"{'setting':<12} {'tok/s':>8} {'vs guided':>10}")
     for name, value in results.items():
         print(f"{name:<12} {value:>8.1f} {value / results['guided']:>9.2f}x")

@@ -121,6 +121,32 @@ def launch(cmd: list[str], port: int, timeout: float = 120, env: dict[str, str] 
     raise RuntimeError(f"{' '.join(cmd[:4])} not ready in {timeout:g} s (log: {log.name})")
 
 
+def settings_bench_parser(description: str) -> argparse.ArgumentParser:
+    """The flags of a bench that compares request settings over HTTP (bench_explain, bench_structured_output)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--engine", choices=("torch", "vllm"), default="torch")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    return parser
+
+
+def measure_on_server(args, measure):
+    """`measure(url, args)` (a coroutine function) against a fresh `llmdoctor serve --engine args.engine` on the
+    embedded default; its result, after printing the run's conditions."""
+    port = free_port()
+    proc, ready = launch([sys.executable, "-m", "llmdoctor.server.cli", "serve", "--port", str(port),
+                          "--engine", args.engine], port, timeout=300)
+    try:
+        results = asyncio.run(measure(f"http://127.0.0.1:{port}", args))
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    print(f"engine {args.engine}, concurrency {args.concurrency}, {args.max_tokens} tokens, median of {args.rounds} "
+          f"rounds (server ready in {ready:.0f} s)")
+    return results
+
+
 def print_table(results, concurrencies):
     print(f"\n{'path':<8} {'setting':<12} " + " ".join(f"{'c=' + str(c):>9}" for c in concurrencies) + "   tokens/s")
     for (path, setting), row in results.items():

@@ -11,12 +11,10 @@ after ~19 tokens, and the comparison would mostly measure the prompt's prefill s
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import statistics
 import sys
 
-from bench_serving import free_port, launch, post_throughput  # run as a script: benchmarks/ is on sys.path
+from bench_serving import measure_on_server, post_throughput, settings_bench_parser  # run as a script: benchmarks/ is on sys.path
 
 PROMPT = "Write a short story about a lighthouse keeper, as JSON with one field, story."
 SCHEMA = {"type": "object", "required": ["story"], "properties": {"story": {"type": "string", "minLength": 400}}}
@@ -48,22 +46,8 @@ async def measure(url: str, args) -> dict[tuple[str, bool], float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engine", choices=("torch", "vllm"), default="torch")
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    port = free_port()
-    proc, ready = launch([sys.executable, "-m", "llmdoctor.server.cli", "serve", "--port", str(port),
-                          "--engine", args.engine], port, timeout=300)
-    try:
-        results = asyncio.run(measure(f"http://127.0.0.1:{port}", args))
-    finally:
-        proc.terminate()
-        proc.wait(60)
-    print(f"engine {args.engine}, concurrency {args.concurrency}, {args.max_tokens} tokens, median of {args.rounds} "
-          f"rounds (server ready in {ready:.0f} s)")
+    args = settings_bench_parser(__doc__.splitlines()[0]).parse_args()
+    results = measure_on_server(args, measure)
     print(f"{'setting':<12} {'plain tok/s':>12} {'json_schema':>12} {'ratio':>7}")
     for setting in ("unguided", "positivity"):
         plain, structured = results[(setting, False)], results[(setting, True)]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from llmdoctor.server.adapter_folders import write_adapter_metadata
 
@@ -126,3 +126,15 @@ def greedy_reply(model_folder: Path, user: str, adapter_dir: Path | None = None,
     with torch.no_grad(), one_torch_thread():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return tokenizer.decode(out[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
+
+
+class CtrlCAtStep(TrainerCallback):
+    """Raises KeyboardInterrupt (what Ctrl+C raises) as the step after `step` begins, once `step` is
+    done and logged: a fake for a keypress during training."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt

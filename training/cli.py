@@ -16,6 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_OOM = 3

@@ -13,13 +13,15 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmdoctor.server.errors import InvalidRequestError
 from llmdoctor.server.model_store import EMBEDDED, EMBEDDED_NAME
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 Method = Literal["dpo", "gdpo", "sft"]
 DataFormat = Literal["auto", "json", "jsonl", "csv", "parquet", "datasets"]
@@ -131,13 +133,23 @@ def default_output_dir(model_name: str, now: datetime | None = None) -> Path:
 
 def load_config(path: str | Path) -> TrainingConfig:
     """Read and validate one YAML config. Raises ConfigError (never a pydantic or YAML error)."""
+    config, base = read_config(path, TrainingConfig)
+    config.dataset.path = _under(base, config.dataset.path)
+    return config
+
+
+def read_config(path: str | Path, root: type[ModelT]) -> tuple[ModelT, Path]:
+    """One YAML file validated as `root` (a config with a `model` section, whose paths are resolved), and the
+    folder the file's other relative input paths are relative to. Raises ConfigError naming the field."""
     path = Path(path).expanduser()
-    raw = _read_yaml(path)
+    raw = _read_yaml(path, root)
     try:
-        config = TrainingConfig.model_validate(raw)
+        config = root.model_validate(raw)
     except ValidationError as exc:
-        raise config_error_from(exc, source=str(path)) from None
-    return _resolve_input_paths(config, path.resolve().parent)
+        raise config_error_from(exc, source=str(path), root=root) from None
+    base = path.resolve().parent
+    resolve_model_paths(config.model, base)
+    return config, base
 
 
 def _read_yaml(path: Path, root: type[BaseModel] | None = None) -> dict[str, Any]:
@@ -160,15 +172,12 @@ def _read_yaml(path: Path, root: type[BaseModel] | None = None) -> dict[str, Any
     return raw
 
 
-def _resolve_input_paths(config: TrainingConfig, base: Path) -> TrainingConfig:
-    """Relative input paths are relative to the config file's folder."""
-    model = config.model
+def resolve_model_paths(model: ModelConfig, base: Path) -> None:
+    """The model section's relative paths are relative to the config file's folder."""
     if model.path != EMBEDDED:
         model.path = str(_under(base, model.path))
     if model.base_model and _under(base, model.base_model).exists():  # else maybe a name the loader knows
         model.base_model = str(_under(base, model.base_model))
-    config.dataset.path = _under(base, config.dataset.path)
-    return config
 
 
 def _under(base: Path, path: str | Path) -> Path:

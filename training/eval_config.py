@@ -24,17 +24,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from llmdoctor.server.model_store import EMBEDDED
-from llmdoctor.training.config import (
-    ConfigError,
-    ModelConfig,
-    _read_yaml,
-    _Section,
-    _under,
-    config_error_from,
-)
+from llmdoctor.training.config import ConfigError, ModelConfig, _Section, _under, read_config
 from llmdoctor.training.scorers import SCORERS
 from llmdoctor.training.synth import PROMPTS_FILE
 
@@ -130,21 +122,12 @@ def default_eval_dir(model_name: str, now: datetime | None = None) -> Path:
 
 def load_eval_config(path: str | Path) -> EvalConfig:
     """Read and validate one eval YAML. Raises ConfigError (never a pydantic or YAML error)."""
-    path = Path(path).expanduser()
-    raw = _read_yaml(path, EvalConfig)
-    try:
-        config = EvalConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise config_error_from(exc, source=str(path), root=EvalConfig) from None
-    return resolve_input_paths(config, path.resolve().parent)
+    config, base = read_config(path, EvalConfig)
+    return resolve_input_paths(config, base)
 
 
 def resolve_input_paths(config: EvalConfig, base: Path) -> EvalConfig:
     """Relative input paths are relative to `base` (the config file's folder). Returns `config`."""
-    if config.model.path != EMBEDDED:
-        config.model.path = str(_under(base, config.model.path))
-    if config.model.base_model and _under(base, config.model.base_model).exists():
-        config.model.base_model = str(_under(base, config.model.base_model))
     config.prompts.path = _under(base, config.prompts.path)
     config.doctors = {name: _under(base, folder) for name, folder in config.doctors.items()}
     config.patient_adapters = {name: _under(base, folder) for name, folder in config.patient_adapters.items()}

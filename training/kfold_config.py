@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from llmdoctor.server.engine.protocol import MAX_WEIGHT, GuidanceMode
 from llmdoctor.training.config import (
@@ -19,14 +19,11 @@ from llmdoctor.training.config import (
     ConfigError,
     DatasetConfig,
     ModelConfig,
-    _read_yaml,
     _Section,
     _under,
-    config_error_from,
+    read_config,
 )
-from llmdoctor.server.model_store import EMBEDDED
 
-Metric = Literal["exact_match", "first_token"]
 
 
 class FoldsConfig(_Section):
@@ -45,7 +42,11 @@ class PredictConfig(_Section):
     max_tokens: int = Field(16, ge=1)
     temperature: float = Field(0.0, ge=0, le=2)  # 0 = greedy
     seed: int = 0  # sampled predictions: each row's seed is this plus its index, so a rerun repeats them
-    concurrency: int = Field(32, ge=1, description="held-out rows in flight at once (the engine batches them)")
+    concurrency: int = Field(32, ge=1, description="held-out rows in flight at once per engine (it batches them)")
+    replicas: int = Field(1, ge=1, description="engines answering on Ray actors (one GPU each where the cluster "
+                                              "has GPUs); 1 = in this process")
+    ray_address: str | None = Field(None, description="with replicas: the Ray cluster to join ('auto', "
+                                                      "'ray://HOST:10001'); unset = a local Ray for the run")
 
 
 class DoctorEntry(_Section):
@@ -74,10 +75,20 @@ class KfoldConfig(_Section):
     folds: FoldsConfig = Field(default_factory=FoldsConfig)
     sft: SftSection = Field(default_factory=SftSection)
     predict: PredictConfig = Field(default_factory=PredictConfig)
-    score: Metric = "exact_match"
+    score: str = Field("exact_match", description="exact_match | first_token | a `data synth` scorer (sentiment, "
+                                                   "length, length_long): see kfold_scoring.py")
     compare: CompareConfig = Field(default_factory=CompareConfig)
     output_dir: Path
     device: Literal["cuda", "cpu"] = "cpu"
+
+    @field_validator("score")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        from llmdoctor.training.kfold_scoring import known_metrics
+
+        if value not in known_metrics():
+            raise ValueError(f"unknown metric {value!r}; known: {', '.join(known_metrics())}")
+        return value
 
     @model_validator(mode="after")
     def _settings_named_once(self) -> KfoldConfig:
@@ -89,15 +100,7 @@ class KfoldConfig(_Section):
 
 def load_kfold_config(path: str | Path) -> KfoldConfig:
     """Read and validate; ConfigError (naming the field) otherwise."""
-    path = Path(path).expanduser()
-    raw = _read_yaml(path, KfoldConfig)
-    try:
-        config = KfoldConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise config_error_from(exc, source=str(path), root=KfoldConfig) from None
-    base = path.resolve().parent
-    if config.model.path != EMBEDDED:
-        config.model.path = str(_under(base, config.model.path))
+    config, base = read_config(path, KfoldConfig)
     config.dataset.path = _under(base, config.dataset.path)
     config.compare.doctors = {name: _under(base, folder) for name, folder in config.compare.doctors.items()}
     if config.compare.guided and not (config.compare.doctors or config.compare.default_doctors):

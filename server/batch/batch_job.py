@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pydantic import ValidationError
 
 from llmdoctor.server.batch.batch_files import BatchFileError, BatchRequest, ResultFile, read_requests
 from llmdoctor.server.config import ServerSettings
+from llmdoctor.server.replicas.ray_placement import replica_error_message
 from llmdoctor.server.shipped_doctors import startup_doctors
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
@@ -134,27 +134,13 @@ def run(options: BatchOptions, stream=None) -> int:
               "Run the same command again to continue.", file=stream)
         return EXIT_INTERRUPTED
     except Exception as exc:  # Ray wraps a replica that cannot start (bad --model, adapter) in its own errors
-        print(f"llmdoctor batch: the job failed: {_root_message(exc)}\n"
+        print(f"llmdoctor batch: the job failed: {replica_error_message(exc)}\n"
               f"rows finished before the failure are in {options.output}; rerun to continue", file=stream)
         return EXIT_FAILED
     seconds = time.monotonic() - started
     print(f"batch: wrote {written} rows to {options.output} ({errors} error rows) in {seconds:.1f} s, "
           f"{written / max(seconds, 1e-9):.2f} rows/s with {options.replicas} replica(s)", file=stream)
     return 0
-
-
-_ERROR_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception): ")
-
-
-def _root_message(exc: BaseException) -> str:
-    """The replica's own error line. Ray carries an actor's exception to the driver as traceback
-    text inside its own errors (no `__cause__` chain), so this is the last `SomeError: message`
-    line of that text that is not one of Ray's; failing that, the message's last line."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    ours = [line for line in lines if _ERROR_LINE.match(line) and not line.startswith("ray.")]
-    if ours:
-        return ours[-1]
-    return lines[-1] if lines else type(exc).__name__
 
 
 # ---------------------------------------------------------------- CLI

@@ -19,14 +19,14 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, TrainerCallback
+from transformers import AutoTokenizer
 
 from llmdoctor.server.adapter_folders import inspect_adapter
 from llmdoctor.server.cli import main
 from llmdoctor.server.engine.protocol import GenerateRequest, Guidance, SamplingParams
 from llmdoctor.server.engine.torch_engine import TorchEngine
 from llmdoctor.training import dpo_training
-from tests.adapters import SYSTEM, one_torch_thread
+from tests.adapters import SYSTEM, CtrlCAtStep, one_torch_thread
 from tests.live_server import start_server
 
 QUESTIONS = (
@@ -185,25 +185,13 @@ async def test_train_dpo_adapter_hot_loads_into_a_live_server_and_changes_its_gr
     assert aligned == tokenizer.decode(expected, skip_special_tokens=True)
 
 
-class _CtrlCAtStep(TrainerCallback):
-    """Raises KeyboardInterrupt (what Ctrl+C raises) as the step after `step` begins, once `step` is
-    done and logged: a fake for a keypress during training."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt
-
-
 def test_train_dpo_ctrl_c_then_resume_ends_with_the_uninterrupted_weights(trained, tmp_path, monkeypatch, capsys):
     config = _write_config(tmp_path)  # the same run as `trained`, interrupted after step 2
     build = dpo_training.build_trainer
 
     def build_with_ctrl_c(*args, **kwargs):
         trainer = build(*args, **kwargs)
-        trainer.add_callback(_CtrlCAtStep(2))
+        trainer.add_callback(CtrlCAtStep(2))
         return trainer
 
     monkeypatch.setattr(dpo_training, "build_trainer", build_with_ctrl_c)

@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 from llmdoctor.server.adapter_folders import inspect_adapter
 from llmdoctor.server.cli import main
 from llmdoctor.training.gdpo_training import GroupCollator, regroup_by_k, tokenize_group
-from tests.adapters import SYSTEM, one_torch_thread
+from tests.adapters import SYSTEM, CtrlCAtStep, one_torch_thread
 
 QUESTIONS = (
     "How is the weather?",
@@ -195,14 +195,13 @@ def test_train_gdpo_ctrl_c_then_resume_ends_with_the_uninterrupted_weights(train
     from safetensors.torch import load_file
 
     from llmdoctor.training import gdpo_training
-    from tests.training.test_dpo_training import _CtrlCAtStep
 
     config = _write_config(tmp_path)  # the same run as `trained`, interrupted after step 2
     build = gdpo_training.build_trainer
 
     def build_with_ctrl_c(*args, **kwargs):
         trainer = build(*args, **kwargs)
-        trainer.add_callback(_CtrlCAtStep(2))
+        trainer.add_callback(CtrlCAtStep(2))
         return trainer
 
     monkeypatch.setattr(gdpo_training, "build_trainer", build_with_ctrl_c)

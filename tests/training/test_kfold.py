@@ -11,8 +11,9 @@ import yaml
 
 from llmdoctor.server.cli import main
 from llmdoctor.training import kfold
-from llmdoctor.training.kfold import is_correct, normalise, split_folds
+from llmdoctor.training.kfold import split_folds
 from llmdoctor.training.kfold_config import load_kfold_config
+from llmdoctor.training.kfold_scoring import PredictionScorer, is_correct, normalise
 from llmdoctor.training.sft_data import SftRow
 from tests.adapters import one_torch_thread
 
@@ -51,6 +52,15 @@ def test_more_folds_than_rows_is_refused_naming_the_field():
 def test_scoring(metric, prediction, reference, correct):
     assert is_correct(metric, prediction, reference) is correct
     assert normalise('  "Hello   World!" ') == "hello world"
+    row = SftRow(0, "q", reference, "label")
+    assert PredictionScorer(metric)(row, prediction) == (correct, float(correct))
+
+
+def test_a_data_synth_scorer_scores_without_a_reference():
+    row = SftRow(0, "Tell me about rain.", "Rain is wet.", None)
+    assert PredictionScorer("length")(row, "one two three") == (None, -3.0)
+    correct, happy = PredictionScorer("sentiment")(row, "What a wonderful, lovely day!")
+    assert correct is None and happy > 0.5 > PredictionScorer("sentiment")(row, "An awful, horrible day.")[1]
 
 
 def _config(folder: Path, **changes) -> Path:
@@ -79,6 +89,7 @@ def _config(folder: Path, **changes) -> Path:
     ({"folds": {"k": 37}}, "folds.k"),
     ({"dataset": {"label_field": "topic"}}, "dataset.label_field"),
     ({"score": "bleu"}, "score"),
+    ({"predict": {"replicas": 0}}, "predict.replicas"),
     ({"sft": {"lora_r": 0}}, "sft.lora_r"),
     ({"compare": {"guided": {"sft": {"doctors": [{"name": "x", "beta": 1}]}}}}, "compare"),
     ({"predict": {"temprature": 0}}, "predict.temprature"),
@@ -88,6 +99,14 @@ def _config(folder: Path, **changes) -> Path:
 def test_bad_configs_exit_2_naming_the_field(tmp_path, capsys, changes, field):
     assert main(["kfold", "--config", str(_config(tmp_path, **changes))]) == 2
     assert field in capsys.readouterr().err
+    assert not (tmp_path / "out" / "fold-0").exists()
+
+
+def test_a_guided_doctor_that_is_not_loaded_exits_2_before_training(tmp_path, embedded_model, capsys):
+    changes = {"compare": {"guided": {"terse": {"doctors": [{"name": "nobody", "beta": 0.5}]}}}}
+    assert main(["kfold", "--config", str(_config(tmp_path, **changes))]) == 2
+    err = capsys.readouterr().err
+    assert "compare.guided.terse.doctors.0.name: no doctor 'nobody' is loaded; loaded: conciseness" in err
     assert not (tmp_path / "out" / "fold-0").exists()
 
 
@@ -131,3 +150,45 @@ def test_kfold_end_to_end_killed_in_fold_1_then_resumed(tmp_path, embedded_model
     # the folds' adapters are patient adapters the server loads
     meta = json.loads((out / "fold-2" / "adapter" / "llmdoctor.json").read_text())
     assert (meta["kind"], meta["method"]) == ("patient", "sft")
+
+
+@pytest.mark.slow
+def test_kfold_predicts_on_ray_replicas_with_the_answers_of_one_process(tmp_path, embedded_model):
+    """--replicas 2: a local Ray, two engine replicas; every fold's adapter reaches both, the rows are shared
+    out, and each prediction is the one the in-process predictor gives with that fold's adapter. Scored by a
+    `data synth` scorer (length): mean scores, no accuracy."""
+    import os
+    import subprocess
+    import sys
+
+    from llmdoctor.training.kfold_predict import LocalFoldPredictor
+
+    config = _config(tmp_path, folds={"k": 2}, sft={"max_steps": 2}, compare={"guided": {}}, score="length")
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()][:24]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = subprocess.run([sys.executable, "-m", "llmdoctor.server.cli", "kfold", "--config", str(config),
+                           "--replicas", "2"], env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "replicas' peak RSS" in done.stdout
+    out = tmp_path / "out"
+    report = json.loads((out / "report.json").read_text())
+    assert all(len(f["replica_peak_rss_mb"]) == 2 for f in report["folds"])
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted((p["setting"], p["index"]) for p in predictions) == sorted(
+        (s, i) for s in ("sft", "patient") for i in range(24))
+    assert all(p["correct"] is None and p["score"] == -len(p["prediction"].split()) for p in predictions)
+    assert report["mean_accuracy"] is None and report["mean_score"] <= 0 and report["score"] == "length"
+    assert (out / "report.csv").read_text().startswith("fold,setting,rows,mean_score\n")
+
+    loaded = load_kfold_config(config)
+    folds = json.loads((out / "folds.json").read_text())
+    data = {row.index: row for row in kfold.load_sft(loaded.dataset, seed=0).rows}
+    local = LocalFoldPredictor(loaded)
+    try:
+        with one_torch_thread():
+            again = local.predict(0, [data[i] for i in folds[0]], out / "fold-0" / "adapter")
+    finally:
+        local.close()
+    on_ray = [(p["setting"], p["index"], p["prediction"]) for p in predictions if p["fold"] == 0]
+    assert [(a.setting, a.index, a.text) for a in again] == on_ray

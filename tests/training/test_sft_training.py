@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, TrainerCallback
+from transformers import AutoTokenizer
 
 from llmdoctor.server.adapter_folders import inspect_adapter
 from llmdoctor.server.cli import main
@@ -26,7 +26,7 @@ from llmdoctor.training import sft_training
 from llmdoctor.training.config import DatasetConfig, load_config
 from llmdoctor.training.sft_data import load_sft
 from llmdoctor.training.trainer_runs import resolve_patient
-from tests.adapters import one_torch_thread
+from tests.adapters import CtrlCAtStep, one_torch_thread
 
 TOPICS = Path(sft_training.__file__).parent / "data" / "topics.jsonl"
 ROWS = [json.loads(line) for line in TOPICS.read_text().splitlines()]
@@ -115,15 +115,6 @@ async def test_the_sft_adapter_beats_the_bare_patient_on_held_out_rows(trained, 
     assert accuracy(tuned) >= 0.8 and accuracy(tuned) > accuracy(bare) + 0.2, (bare, tuned)
 
 
-class _CtrlCAtStep(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt
-
-
 def test_ctrl_c_then_resume_ends_with_the_uninterrupted_weights(tmp_path, embedded_model, monkeypatch, capsys):
     rows = TRAIN[:32]
     (tmp_path / "straight").mkdir()
@@ -136,7 +127,7 @@ def test_ctrl_c_then_resume_ends_with_the_uninterrupted_weights(tmp_path, embedd
 
     def build_with_ctrl_c(*args, **kwargs):
         trainer = build(*args, **kwargs)
-        trainer.add_callback(_CtrlCAtStep(2))
+        trainer.add_callback(CtrlCAtStep(2))
         return trainer
 
     monkeypatch.setattr(sft_training, "build_trainer", build_with_ctrl_c)

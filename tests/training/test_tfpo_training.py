@@ -19,8 +19,8 @@ from llmdoctor.server.cli import main
 from llmdoctor.server.engine.protocol import DoctorWeight, GenerateRequest, Guidance, SamplingParams
 from llmdoctor.server.engine.torch_engine import TorchEngine
 from llmdoctor.training import tfpo_training
-from tests.adapters import one_torch_thread
-from tests.training.test_dpo_training import QUESTIONS, _CtrlCAtStep
+from tests.adapters import CtrlCAtStep, one_torch_thread
+from tests.training.test_dpo_training import QUESTIONS
 from tests.training.test_rewards_job import write_rewards_config
 
 STEPS = 6
@@ -116,7 +116,7 @@ def test_train_doctor_ctrl_c_then_resume_ends_with_the_uninterrupted_weights(doc
 
     def build_with_ctrl_c(*args, **kwargs):
         trainer = build(*args, **kwargs)
-        trainer.add_callback(_CtrlCAtStep(2))
+        trainer.add_callback(CtrlCAtStep(2))
         return trainer
 
     monkeypatch.setattr(tfpo_training, "build_trainer", build_with_ctrl_c)

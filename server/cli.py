@@ -48,6 +48,7 @@ class Command:
 
 
 _LIST_METAVARS = {"doctor": "NAME=PATH", "lora": "NAME=PATH", "adapter_root": "DIR"}
+_METAVARS = {"feedback_db": "URL"}  # other flags show their field name in capitals
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
@@ -66,7 +67,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, only: Sequence[str] 
             parser.add_argument(flag_name(field), dest=field, action="append", metavar=_LIST_METAVARS[field],
                                 help=text, default=argparse.SUPPRESS)
         else:
-            parser.add_argument(flag_name(field), dest=field, metavar=field.upper(), help=text,
+            parser.add_argument(flag_name(field), dest=field, metavar=_METAVARS.get(field, field.upper()), help=text,
                                 default=argparse.SUPPRESS)
 
 

@@ -110,6 +110,14 @@ class ServerSettings(BaseSettings):
         4, ge=1, description="vllm engine: patient LoRA adapters one decode batch may mix (vLLM's max_loras)"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="logging level")
+    log_completions: bool = Field(
+        False, description="store every completion choice served (text, token ids, guidance, sampling) in the feedback "
+        "database, and return its completion_id on each choice"
+    )
+    feedback_db: str | None = Field(
+        None, description="the feedback database, a SQLAlchemy URL (sqlite:///PATH or postgresql+psycopg://...); "
+        "given, it turns --log-completions on (unless --no-log-completions); default sqlite:///CACHE_DIR/feedback.db"
+    )
     replicas: int | None = Field(
         None, ge=1, description="engine replicas on Ray Serve behind this server's API (one GPU each on GPUs); "
         "unset = one engine in this process, no Ray"
@@ -117,6 +125,20 @@ class ServerSettings(BaseSettings):
     ray_address: str | None = Field(
         None, description="with --replicas: the Ray cluster to join ('auto', 'ray://HOST:10001'); unset = start a local Ray"
     )
+
+    @property
+    def completion_log_url(self) -> str | None:
+        """The database served completions are logged to; None when they are not logged."""
+        # --feedback-db alone turns logging on; an explicit --no-log-completions still keeps it off
+        implied = self.feedback_db is not None and "log_completions" not in self.model_fields_set
+        if not (self.log_completions or implied):
+            return None
+        if self.feedback_db is not None:
+            return self.feedback_db
+        from llmdoctor.server.feedback.database import default_url  # SQLAlchemy: only when logging
+        from llmdoctor.server.model_store import default_cache_dir
+
+        return default_url(self.cache_dir or default_cache_dir())
 
     @field_validator("doctor", "lora", mode="before")
     @classmethod

@@ -1,8 +1,10 @@
 """The FastAPI app: routers, error mapping, middleware, and a lifespan that builds the engine and the
 services once.
 
-`create_app(settings, engine=None)`: the app owns the engine (starts it, drains and shuts it down);
-without one it builds what `settings.engine` names.
+`create_app(settings, engine=None, feedback_db=None)`: the app owns the engine (starts it, drains and
+shuts it down); without one it builds what `settings.engine` names. Likewise the feedback database,
+when completions are logged (--log-completions / --feedback-db): the app writes its completion log
+and closes it after the drain, so choices cut off at shutdown are logged too.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI
 
@@ -43,33 +46,42 @@ from llmdoctor.server.api.text_validation import reject_invalid_text
 from llmdoctor.server.config import ConfigError, ServerSettings
 from llmdoctor.server.engine.protocol import Engine
 from llmdoctor.server.errors import LLMDoctorError
+from llmdoctor.server.feedback.completion_log import CompletionLog
 from llmdoctor.server.shipped_doctors import startup_doctors
+
+if TYPE_CHECKING:
+    from llmdoctor.server.feedback.database import FeedbackDatabase
 
 logger = logging.getLogger(__name__)
 
 ROUTERS = (routes_completions, routes_chat, routes_models, routes_tokenize, routes_adapters, routes_health)
 
 
-def create_app(settings: ServerSettings, engine: Engine | None = None, *, started_at: float | None = None) -> FastAPI:
-    """`started_at` (time.monotonic()) is when the process began, for the 'ready in' log line."""
+def create_app(
+    settings: ServerSettings,
+    engine: Engine | None = None,
+    *,
+    feedback_db: FeedbackDatabase | None = None,
+    started_at: float | None = None,
+) -> FastAPI:
+    """`started_at` (time.monotonic()) is when the process began, for the 'ready in' log line.
+    `feedback_db`: the database opened by open_feedback_database(settings); None = the lifespan opens it."""
     started_at = time.monotonic() if started_at is None else started_at
     metrics = ServerMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        owned = engine if engine is not None else await asyncio.to_thread(build_engine, settings)
-        if not owned.healthy:  # `llmdoctor serve` starts it before listening
-            await owned.start()
-        try:
-            services = await build_services(owned, settings, metrics)
+        async with (
+            _engine_running(engine, settings) as owned,
+            _completion_log(feedback_db, settings, metrics) as completion_log,
+        ):
+            services = await build_services(owned, settings, metrics, completion_log)
             app.state.services = services
             await load_startup_adapters(services.adapters, settings)
             logger.info("ready in %.1f s: %s on http://%s:%d", time.monotonic() - started_at,
                         owned.model_name, settings.host, settings.port)
             yield
-            await services.generation.drain(settings.shutdown_grace)
-        finally:
-            await owned.shutdown(grace_seconds=0)
+            await services.generation.drain(settings.shutdown_grace)  # choices cut off here are logged too
 
     app = FastAPI(title="llmdoctor", summary="Decode-time alignment of a frozen LLM with doctor models",
                   lifespan=lifespan, dependencies=[Depends(reject_invalid_text)])
@@ -88,8 +100,56 @@ def create_app(settings: ServerSettings, engine: Engine | None = None, *, starte
     return app
 
 
-async def build_services(engine: Engine, settings: ServerSettings, metrics: ServerMetrics) -> Services:
-    """Once per app, after the engine started (its max_model_len is known then)."""
+@asynccontextmanager
+async def _engine_running(engine: Engine | None, settings: ServerSettings) -> AsyncIterator[Engine]:
+    owned = engine if engine is not None else await asyncio.to_thread(build_engine, settings)
+    if not owned.healthy:  # `llmdoctor serve` starts it before listening
+        await owned.start()
+    try:
+        yield owned
+    finally:
+        await owned.shutdown(grace_seconds=0)
+
+
+@asynccontextmanager
+async def _completion_log(
+    database: FeedbackDatabase | None, settings: ServerSettings, metrics: ServerMetrics
+) -> AsyncIterator[CompletionLog | None]:
+    """A completion log on `database` (None: opened from the settings); None when completions are not
+    logged. On exit it writes what is queued and closes the database."""
+    database = database or await asyncio.to_thread(open_feedback_database, settings)
+    if database is None:
+        yield None
+        return
+    log = CompletionLog(database, on_written=metrics.completions_logged.inc,
+                        on_lost=lambda reason, count: metrics.completions_lost.labels(reason).inc(count))
+    logger.info("logging completions to %s", database.url)
+    try:
+        yield log
+    finally:
+        await asyncio.to_thread(log.close)
+
+
+def open_feedback_database(settings: ServerSettings) -> FeedbackDatabase | None:
+    """The database completions are logged to (a new one is created at head); None when they are not
+    logged. A bad URL or an outdated schema is one line naming --feedback-db (ConfigError)."""
+    url = settings.completion_log_url
+    if url is None:
+        return None
+    # Alembic loads only when completions are logged (it logs its plugins at import)
+    from llmdoctor.server.feedback.database import FeedbackDatabaseError, open_database
+
+    try:
+        return open_database(url)
+    except FeedbackDatabaseError as exc:
+        raise ConfigError(f"--feedback-db: {exc.message}") from None
+
+
+async def build_services(
+    engine: Engine, settings: ServerSettings, metrics: ServerMetrics, completion_log: CompletionLog | None = None
+) -> Services:
+    """Once per app, after the engine started (its max_model_len is known then). `completion_log`: where
+    served choices are logged; None = not logged (choices carry no completion_id)."""
     tokenizer = await asyncio.to_thread(_load_tokenizer, engine.model_folder)
     prompts = PromptTokenizer(tokenizer, engine.max_model_len)
     token_text = TokenTexts(tokenizer)
@@ -101,8 +161,8 @@ async def build_services(engine: Engine, settings: ServerSettings, metrics: Serv
         generation=generation,
         models=models,
         adapters=AdaptersService(engine, settings.adapter_root, settings.max_lora_rank),
-        completions=CompletionsService(models, prompts, generation, token_text),
-        chat=ChatService(models, prompts, generation, token_text),
+        completions=CompletionsService(models, prompts, generation, token_text, completion_log),
+        chat=ChatService(models, prompts, generation, token_text, completion_log),
         tokenize=TokenizeService(models, prompts),
     )
 

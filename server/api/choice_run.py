@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,6 +31,7 @@ class ChoiceSpec:
     index: int  # the choice's index in the response (prompt_index * n + i)
     request: GenerateRequest
     stops: tuple[str, ...] = ()
+    completion_id: str | None = None  # its row in the completion log; None when completions are not logged
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class ChoiceRun:
         self.spec = spec
         self.finish_reason: str | None = None
         self.completion_tokens = 0
+        self.text_pieces: list[str] = []  # the text of the deltas handed out
+        self.token_ids: list[int] = []  # every token generated (a stop string's tokens included, as counted)
+        self.on_end: Callable[[ChoiceRun], None] | None = None  # called once by close(): the completion log
         self._owner = owner
         self._deadline = deadline  # event-loop time
         self._timer = timer
@@ -103,6 +107,8 @@ class ChoiceRun:
             self._owner.spawn(self._abort_engine_request())
         if self.completion_tokens:
             self._timer.finished()
+        if self.on_end is not None:
+            self.on_end(self)
         self._owner.forget(self)
 
     async def _abort_engine_request(self) -> None:
@@ -133,6 +139,7 @@ class ChoiceRun:
         if event.token_ids:
             self._timer.tokens(len(event.token_ids))
             self.completion_tokens += len(event.token_ids)
+            self.token_ids.extend(event.token_ids)
         text, offsets = self._detokenize(event.token_ids)
         text, stopped = self._stops.feed(text)
         if event.finish_reason is not None:
@@ -149,6 +156,8 @@ class ChoiceRun:
             self._kl = (event.kl_sum, event.kl_tokens)
         if not text and not logprobs and not explanation and not kl_changed and self.finish_reason is None:
             return None
+        if text:
+            self.text_pieces.append(text)
         return ChoiceDelta(
             index=self.spec.index,
             text=text,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -34,8 +34,11 @@ class GenerationService:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def start(self, specs: list[ChoiceSpec]) -> list[ChoiceRun]:
-        """Admit every choice (waiting for each one's first event); on any failure abort them all."""
+    async def start(
+        self, specs: list[ChoiceSpec], on_end: Callable[[ChoiceRun], None] | None = None
+    ) -> list[ChoiceRun]:
+        """Admit every choice (waiting for each one's first event); on any failure abort them all.
+        `on_end(run)` is called when an admitted choice ends, however it ends (not for a refused call)."""
         if self.draining:
             raise EngineDeadError("the server is shutting down and admits no new requests")
         self.check_capacity(len(specs))
@@ -50,6 +53,8 @@ class GenerationService:
         except BaseException:
             close_runs(runs)
             raise
+        for run in runs:
+            run.on_end = on_end
         return runs
 
     def check_capacity(self, choices: int) -> None:

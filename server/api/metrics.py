@@ -42,6 +42,14 @@ class ServerMetrics:
         self.queue_depth = Gauge("llmdoctor_queue_depth", "Requests waiting for a slot", registry=r)
         self.running = Gauge("llmdoctor_running_requests", "Requests being decoded", registry=r)
         self.adapters = Gauge("llmdoctor_adapters_loaded", "Adapters loaded, by kind", ["kind"], registry=r)
+        # --log-completions: the completion log's writer (server/feedback/completion_log.py)
+        self.completions_logged = Counter(
+            "llmdoctor_completions_logged", "Completion choices written to the feedback database", registry=r
+        )
+        self.completions_lost = Counter(
+            "llmdoctor_completions_log_lost", "Completion choices the log lost, by reason (queue_full, write_failed)",
+            ["reason"], registry=r,
+        )
         # serve --replicas: each engine replica as it last reported itself
         self.replica_gauges = {
             key: Gauge(f"llmdoctor_replica_{key}", text, ["replica"], registry=r) for key, text in (

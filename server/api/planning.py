@@ -17,6 +17,7 @@ from llmdoctor.server.api.choice_run import ChoiceSpec
 from llmdoctor.server.api.prompts import PromptTokenizer
 from llmdoctor.server.api.serving_models import ModelsService
 from llmdoctor.server.engine.protocol import GenerateRequest, Guidance, SamplingParams
+from llmdoctor.server.feedback.models import new_completion_id
 
 SEED_SPACE = 2**63
 
@@ -51,8 +52,10 @@ def plan_choices(
     request_id: str,
     models: ModelsService,
     tokenizer: PromptTokenizer,
+    completion_ids: bool = False,
 ) -> list[ChoiceSpec]:
-    """Check names, ids and context sizes (typed 4xx errors), then one ChoiceSpec per choice."""
+    """Check names, ids and context sizes (typed 4xx errors), then one ChoiceSpec per choice, each
+    with a fresh completion_id when `completion_ids` (the completion log is on)."""
     adapter = models.resolve_adapter(body.model)
     guidance = body.to_guidance()
     models.check_doctors(guidance)
@@ -68,7 +71,8 @@ def plan_choices(
             index = p * body.n + i
             params = replace(sampling, seed=choice_seed(sampling.seed, index))
             request = GenerateRequest(f"{request_id}-{index}", tuple(ids), params, guidance, adapter, body.stream)
-            specs.append(ChoiceSpec(index, request, tuple(body.stop)))
+            completion_id = new_completion_id() if completion_ids else None
+            specs.append(ChoiceSpec(index, request, tuple(body.stop), completion_id))
     return specs
 
 

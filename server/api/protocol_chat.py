@@ -8,6 +8,8 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_se
 
 from llmdoctor.server.api.protocol_common import (
     MAX_LOGPROBS,
+    ChoiceOut,
+    CompletionId,
     FinishReasonOut,
     SamplingFields,
     StrictModel,
@@ -110,8 +112,9 @@ class ChatMessageOut(BaseModel):
     content: str
 
 
-class ChatChoice(BaseModel):
+class ChatChoice(ChoiceOut):
     index: int
+    completion_id: CompletionId = None
     message: ChatMessageOut
     logprobs: ChatLogprobs | None = None
     finish_reason: FinishReasonOut = None
@@ -139,8 +142,9 @@ class DeltaMessage(BaseModel):
         return {k: v for k, v in handler(self).items() if v is not None}
 
 
-class ChatStreamChoice(BaseModel):
+class ChatStreamChoice(ChoiceOut):
     index: int
+    completion_id: CompletionId = None
     delta: DeltaMessage
     logprobs: ChatLogprobs | None = None
     finish_reason: FinishReasonOut = None

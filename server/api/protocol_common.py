@@ -15,7 +15,16 @@ from __future__ import annotations
 import time
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
 from typing_extensions import TypeAliasType
 
 from llmdoctor.server.engine.protocol import (
@@ -42,6 +51,12 @@ MAX_N = 64  # choices per prompt; each is an engine request
 MAX_STOPS = 16  # stop strings per request
 
 StrictModel = ConfigDict(extra="forbid")
+# What the completion log keeps of a request's sampling (SamplingFields.sampling_record)
+SAMPLING_RECORD_FIELDS = frozenset({
+    "n", "temperature", "top_p", "top_k", "min_p", "seed", "max_tokens", "max_completion_tokens", "min_tokens",
+    "stop", "stop_token_ids", "ignore_eos", "frequency_penalty", "presence_penalty", "repetition_penalty",
+    "logit_bias", "response_format",
+})
 
 StopString = Annotated[str, Field(min_length=1)]
 StopList = Annotated[list[StopString], Field(max_length=MAX_STOPS)]
@@ -249,6 +264,14 @@ class SamplingFields(BaseModel):
     def to_guidance(self) -> Guidance:
         return self.guidance.to_guidance() if self.guidance else Guidance()
 
+    def guidance_record(self) -> dict | None:
+        """The request's guidance as JSON, for the completion log."""
+        return self.guidance.model_dump(mode="json") if self.guidance else None
+
+    def sampling_record(self) -> dict:
+        """The request's sampling parameters as JSON, for the completion log (unset optional ones left out)."""
+        return self.model_dump(mode="json", include=set(SAMPLING_RECORD_FIELDS), exclude_none=True, by_alias=True)
+
     @property
     def logit_bias_ids(self) -> list[int]:
         return [int(key) for key in self.logit_bias or {}]
@@ -272,6 +295,25 @@ class SamplingFields(BaseModel):
             repetition_penalty=self.repetition_penalty,
             output_format=self.response_format.output_format() if self.response_format else None,
         )
+
+
+CompletionId = Annotated[
+    str | None,
+    Field(description="the choice's id in the completion log, which feedback votes name; only when the server logs "
+                      "completions (--log-completions); in a stream, on the choice's first chunk"),
+]
+
+
+class ChoiceOut(BaseModel):
+    """Base of the response choices: `completion_id` is left out of the JSON when it is None (logging off)."""
+
+    # No return annotation: with `-> dict` the OpenAPI (serialization) schema would lose the fields.
+    @model_serializer(mode="wrap")
+    def _drop_absent_completion_id(self, handler):
+        data = handler(self)
+        if data.get("completion_id") is None:
+            data.pop("completion_id", None)
+        return data
 
 
 Explanation = Annotated[list[TokenExplanationOut] | None,

@@ -9,6 +9,8 @@ from typing_extensions import TypeAliasType
 
 from llmdoctor.server.api.protocol_common import (
     MAX_LOGPROBS,
+    ChoiceOut,
+    CompletionId,
     FinishReasonOut,
     SamplingFields,
     Explanation,
@@ -94,8 +96,9 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int] = Field(default_factory=list)
 
 
-class CompletionChoice(BaseModel):
+class CompletionChoice(ChoiceOut):
     index: int
+    completion_id: CompletionId = None
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReasonOut = None

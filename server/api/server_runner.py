@@ -15,7 +15,7 @@ import logging
 import uvicorn
 from fastapi import FastAPI
 
-from llmdoctor.server.api.app import check_startup_adapters, create_app, drain
+from llmdoctor.server.api.app import check_startup_adapters, create_app, drain, open_feedback_database
 from llmdoctor.server.api.engine_factory import build_engine
 from llmdoctor.server.config import ServerSettings
 
@@ -56,15 +56,17 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(settings: ServerSettings, started_at: float) -> None:
-    """Build the engine (clear errors before anything listens), then serve until a signal."""
+    """Open the feedback database and build the engine (clear errors before anything listens), then
+    serve until a signal."""
     _quiet_progress_bars()
+    feedback_db = open_feedback_database(settings)  # before the slow model load: a bad URL fails at once
     engine = build_engine(settings)
     check_startup_adapters(engine, settings)
     # Load the models now: a bad --model, --doctor-base or --max-model-len fails here with one line
     # (cli.py), not as a traceback from inside uvicorn's lifespan. The engine's thread is not tied
     # to this event loop, so the app's lifespan later finds it running.
     asyncio.run(engine.start())
-    app = create_app(settings, engine, started_at=started_at)
+    app = create_app(settings, engine, feedback_db=feedback_db, started_at=started_at)
     config = uvicorn.Config(
         app,
         host=settings.host,

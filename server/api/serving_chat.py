@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 
 from llmdoctor.server.api.choice_run import ChoiceDelta, ChoiceRun, ChoiceSpec
+from llmdoctor.server.api.completion_records import ChoiceRecorder
 from llmdoctor.server.api.detokenizer import TokenTexts
 from llmdoctor.server.api.generation import GenerationService, close_runs, collect_choices, merge_deltas
 from llmdoctor.server.api.planning import plan_choices, prompt_tokens_of
@@ -29,6 +30,7 @@ from llmdoctor.server.api.protocol_common import KlTally, UsageInfo, explanation
 from llmdoctor.server.api.serving_models import ModelsService
 from llmdoctor.server.api.sse import DONE, EventStream, sse_data, sse_error
 from llmdoctor.server.engine.protocol import TokenLogprob
+from llmdoctor.server.feedback.completion_log import CompletionLog
 
 
 def chat_logprobs(logprobs: Sequence[TokenLogprob], token_text: TokenTexts) -> ChatLogprobs:
@@ -48,20 +50,24 @@ def chat_logprobs(logprobs: Sequence[TokenLogprob], token_text: TokenTexts) -> C
 
 class ChatService:
     def __init__(
-        self, models: ModelsService, prompts: PromptTokenizer, generation: GenerationService, token_text: TokenTexts
+        self, models: ModelsService, prompts: PromptTokenizer, generation: GenerationService, token_text: TokenTexts,
+        log: CompletionLog | None = None,
     ):
         self.models = models
         self.prompts = prompts
         self.generation = generation
         self.token_text = token_text
+        self.log = log  # None: completions are not logged, and choices carry no completion_id
 
     async def complete(self, body: ChatCompletionRequest) -> ChatCompletionResponse:
-        request_id, specs = await self._plan(body)
-        runs = await self.generation.start(specs)
+        request_id, specs, recorder = await self._plan(body)
+        runs = await self.generation.start(specs, recorder.record if recorder else None)
         collected = await collect_choices(runs)
+        completion_ids = {spec.index: spec.completion_id for spec in specs}
         choices = [
             ChatChoice(
                 index=c.index,
+                completion_id=completion_ids[c.index],
                 message=ChatMessageOut(content=c.text),
                 logprobs=self._logprobs(body, c.logprobs),
                 finish_reason=c.finish_reason,
@@ -77,17 +83,22 @@ class ChatService:
 
     async def stream(self, body: ChatCompletionRequest) -> EventStream:
         """Admits the choices first, so queue-full and bad-request errors still get an HTTP status."""
-        request_id, specs = await self._plan(body)
-        runs = await self.generation.start(specs)
+        request_id, specs, recorder = await self._plan(body)
+        runs = await self.generation.start(specs, recorder.record if recorder else None)
         events = self._events(body, request_id, specs, runs)
         return EventStream(events, on_close=partial(close_runs, runs))
 
-    async def _plan(self, body: ChatCompletionRequest) -> tuple[str, list[ChoiceSpec]]:
+    async def _plan(self, body: ChatCompletionRequest) -> tuple[str, list[ChoiceSpec], ChoiceRecorder | None]:
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        recorder = None
+        if self.log is not None:
+            messages = [m.model_dump(mode="json", exclude_none=True) for m in body.messages]
+            recorder = ChoiceRecorder.of(self.log, "chat", request_id, body, [messages], self._model_name(body))
         ids = await asyncio.to_thread(  # template + tokenizer are CPU work: off the event loop
             self.prompts.encode_chat, body.template_messages(), body.add_generation_prompt, body.continue_final_message
         )
-        return request_id, plan_choices(body, [ids], "messages", request_id, self.models, self.prompts)
+        specs = plan_choices(body, [ids], "messages", request_id, self.models, self.prompts, recorder is not None)
+        return request_id, specs, recorder
 
     async def _events(
         self, body: ChatCompletionRequest, request_id: str, specs: list[ChoiceSpec], runs: list[ChoiceRun]
@@ -107,9 +118,10 @@ class ChatService:
             return UsageInfo.of(prompt_tokens[index], completion, kl.of(index)) if every else None
 
         try:
-            # OpenAI opens every choice with the role, then streams content, then a finish chunk.
+            # OpenAI opens every choice with the role (ours with its completion_id), then content, then a finish chunk.
             for spec in specs:
-                role = ChatStreamChoice(index=spec.index, delta=DeltaMessage(role="assistant", content=""))
+                role = ChatStreamChoice(index=spec.index, completion_id=spec.completion_id,
+                                        delta=DeltaMessage(role="assistant", content=""))
                 yield chunk([role], usage_of(spec.index, 0))
             async with aclosing(merge_deltas(runs)) as deltas:
                 async for delta in deltas:

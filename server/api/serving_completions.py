@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 
 from llmdoctor.server.api.choice_run import ChoiceDelta, ChoiceRun, ChoiceSpec
+from llmdoctor.server.api.completion_records import ChoiceRecorder
 from llmdoctor.server.api.detokenizer import TokenTexts
 from llmdoctor.server.api.generation import GenerationService, close_runs, collect_choices, merge_deltas
 from llmdoctor.server.api.planning import plan_choices, prompt_tokens_of
@@ -24,6 +25,7 @@ from llmdoctor.server.api.protocol_completions import (
 from llmdoctor.server.api.serving_models import ModelsService
 from llmdoctor.server.api.sse import DONE, EventStream, sse_data, sse_error
 from llmdoctor.server.engine.protocol import TokenLogprob
+from llmdoctor.server.feedback.completion_log import CompletionLog
 
 
 def completion_logprobs(
@@ -40,20 +42,24 @@ def completion_logprobs(
 
 class CompletionsService:
     def __init__(
-        self, models: ModelsService, prompts: PromptTokenizer, generation: GenerationService, token_text: TokenTexts
+        self, models: ModelsService, prompts: PromptTokenizer, generation: GenerationService, token_text: TokenTexts,
+        log: CompletionLog | None = None,
     ):
         self.models = models
         self.prompts = prompts
         self.generation = generation
         self.token_text = token_text
+        self.log = log  # None: completions are not logged, and choices carry no completion_id
 
     async def complete(self, body: CompletionRequest) -> CompletionResponse:
-        request_id, specs = await self._plan(body)
-        runs = await self.generation.start(specs)
+        request_id, specs, recorder = await self._plan(body)
+        runs = await self.generation.start(specs, recorder.record if recorder else None)
         collected = await collect_choices(runs)
+        completion_ids = {spec.index: spec.completion_id for spec in specs}
         choices = [
             CompletionChoice(
                 index=c.index,
+                completion_id=completion_ids[c.index],
                 text=c.text,
                 logprobs=self._logprobs(body, c.logprobs, c.text_offsets),
                 finish_reason=c.finish_reason,
@@ -69,15 +75,19 @@ class CompletionsService:
 
     async def stream(self, body: CompletionRequest) -> EventStream:
         """Admits the choices first, so queue-full and bad-request errors still get an HTTP status."""
-        request_id, specs = await self._plan(body)
-        runs = await self.generation.start(specs)
+        request_id, specs, recorder = await self._plan(body)
+        runs = await self.generation.start(specs, recorder.record if recorder else None)
         events = self._events(body, request_id, specs, runs)
         return EventStream(events, on_close=partial(close_runs, runs))
 
-    async def _plan(self, body: CompletionRequest) -> tuple[str, list[ChoiceSpec]]:
+    async def _plan(self, body: CompletionRequest) -> tuple[str, list[ChoiceSpec], ChoiceRecorder | None]:
         request_id = f"cmpl-{uuid.uuid4().hex}"
+        recorder = None
+        if self.log is not None:  # each prompt's choices log their own prompt
+            recorder = ChoiceRecorder.of(self.log, "completions", request_id, body, body.prompt, self._model_name(body))
         prompts = await asyncio.to_thread(self.prompts.encode_prompts, body.prompt)  # CPU work: off the loop
-        return request_id, plan_choices(body, prompts, "prompt", request_id, self.models, self.prompts)
+        specs = plan_choices(body, prompts, "prompt", request_id, self.models, self.prompts, recorder is not None)
+        return request_id, specs, recorder
 
     async def _events(
         self, body: CompletionRequest, request_id: str, specs: list[ChoiceSpec], runs: list[ChoiceRun]
@@ -86,6 +96,7 @@ class CompletionsService:
         completion_tokens: dict[int, int] = {}
         prompt_tokens = {spec.index: len(spec.request.prompt_token_ids) for spec in specs}
         kl = KlTally()
+        unnamed = {spec.index: spec.completion_id for spec in specs}  # popped by each choice's first chunk
         try:
             async with aclosing(merge_deltas(runs)) as deltas:
                 async for delta in deltas:
@@ -97,7 +108,8 @@ class CompletionsService:
                     if body.include_usage_in_every_chunk:  # this choice's usage so far, as vLLM counts it
                         usage = UsageInfo.of(prompt_tokens[delta.index], delta.completion_tokens, kl.of(delta.index))
                     chunk = CompletionStreamResponse(
-                        id=request_id, created=created, model=model, choices=[self._stream_choice(body, delta)],
+                        id=request_id, created=created, model=model,
+                        choices=[self._stream_choice(body, delta, unnamed.pop(delta.index, None))],
                         usage=usage,
                     )
                     yield sse_data(chunk.model_dump_json())
@@ -109,9 +121,12 @@ class CompletionsService:
             yield sse_error(exc)
         yield DONE
 
-    def _stream_choice(self, body: CompletionRequest, delta: ChoiceDelta) -> CompletionChoice:
+    def _stream_choice(
+        self, body: CompletionRequest, delta: ChoiceDelta, completion_id: str | None
+    ) -> CompletionChoice:
         return CompletionChoice(
             index=delta.index,
+            completion_id=completion_id,
             text=delta.text,
             logprobs=self._logprobs(body, delta.logprobs, delta.text_offsets),
             finish_reason=delta.finish_reason,

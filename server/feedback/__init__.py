@@ -4,5 +4,7 @@
 on SQLite (the default, a file in the cache folder) and PostgreSQL; `migrations/` is the Alembic
 environment that creates and changes them (it ships inside the package); `database.py` opens a
 database, creating a new one at the newest revision and refusing an outdated one with the command
-that upgrades it; `db_cli.py` is that command (`llmdoctor db upgrade|downgrade|current --db URL`).
+that upgrades it; `db_cli.py` is that command (`llmdoctor db upgrade|downgrade|current --db URL`);
+`completion_log.py` writes the choices `llmdoctor serve --log-completions` serves, in batches, on a
+thread of its own (server/api/completion_records.py makes its records).
 """

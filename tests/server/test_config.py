@@ -70,3 +70,24 @@ def test_settings_auth_all_routes_without_api_key_is_refused():
 
 def test_settings_max_request_bytes_defaults_to_4_mib():
     assert ServerSettings().max_request_bytes == 4 * 1024 * 1024
+
+
+def test_settings_completions_are_not_logged_by_default(monkeypatch):
+    monkeypatch.delenv("LLMDOCTOR_FEEDBACK_DB", raising=False)
+    monkeypatch.delenv("LLMDOCTOR_LOG_COMPLETIONS", raising=False)
+    assert ServerSettings().completion_log_url is None
+
+
+def test_settings_log_completions_defaults_to_sqlite_in_the_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("LLMDOCTOR_FEEDBACK_DB", raising=False)
+    settings = ServerSettings(log_completions=True, cache_dir=tmp_path)
+    assert settings.completion_log_url == f"sqlite:///{tmp_path / 'feedback.db'}"
+
+
+def test_settings_feedback_db_alone_turns_logging_on_unless_told_off(monkeypatch):
+    monkeypatch.delenv("LLMDOCTOR_LOG_COMPLETIONS", raising=False)
+    url = "postgresql+psycopg://ann@db/feedback"
+    assert ServerSettings(feedback_db=url).completion_log_url == url
+    assert ServerSettings(feedback_db=url, log_completions=False).completion_log_url is None
+    monkeypatch.setenv("LLMDOCTOR_LOG_COMPLETIONS", "false")
+    assert ServerSettings(feedback_db=url).completion_log_url is None

@@ -384,6 +384,13 @@ class ChatMessage(BaseModel):
 
 class CompletionChoice(BaseModel):
     index: Annotated[int, Field(title="Index")]
+    completion_id: Annotated[
+        str | None,
+        Field(
+            description="the choice's id in the completion log, which feedback votes name; only when the server logs completions (--log-completions); in a stream, on the choice's first chunk",
+            title="Completion Id",
+        ),
+    ] = None
     text: Annotated[str, Field(title="Text")]
     logprobs: CompletionLogprobs | None = None
     finish_reason: Annotated[Literal["stop", "length", "abort"] | None, Field(title="Finish Reason")] = None
@@ -694,6 +701,13 @@ class ChatLogprobs(BaseModel):
 
 class ChatStreamChoice(BaseModel):
     index: Annotated[int, Field(title="Index")]
+    completion_id: Annotated[
+        str | None,
+        Field(
+            description="the choice's id in the completion log, which feedback votes name; only when the server logs completions (--log-completions); in a stream, on the choice's first chunk",
+            title="Completion Id",
+        ),
+    ] = None
     delta: DeltaMessage
     logprobs: ChatLogprobs | None = None
     finish_reason: Annotated[Literal["stop", "length", "abort"] | None, Field(title="Finish Reason")] = None
@@ -707,6 +721,13 @@ class ChatStreamChoice(BaseModel):
 
 class ChatChoice(BaseModel):
     index: Annotated[int, Field(title="Index")]
+    completion_id: Annotated[
+        str | None,
+        Field(
+            description="the choice's id in the completion log, which feedback votes name; only when the server logs completions (--log-completions); in a stream, on the choice's first chunk",
+            title="Completion Id",
+        ),
+    ] = None
     message: ChatMessageOut
     logprobs: ChatLogprobs | None = None
     finish_reason: Annotated[Literal["stop", "length", "abort"] | None, Field(title="Finish Reason")] = None

